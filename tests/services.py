@@ -1,0 +1,61 @@
+"""The real PostgreSQL and Redis the tests run against, and throwaway databases on them.
+
+Tests never skip for want of a service: a missing server is a failure that says how to
+start it, so CI cannot pass while testing nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from typing import Final
+
+import asyncpg
+
+PG_HOST: Final = os.environ.get("NZ_TEST_PG_HOST", "127.0.0.1")
+PG_PORT: Final = int(os.environ.get("NZ_TEST_PG_PORT", "5432"))
+PG_USER: Final = os.environ.get("NZ_TEST_PG_USER", "postgres")
+REDIS_HOST: Final = os.environ.get("NZ_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT: Final = int(os.environ.get("NZ_TEST_REDIS_PORT", "6379"))
+
+START_PG: Final = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
+START_REDIS: Final = (
+    'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
+)
+
+
+class ServiceMissing(RuntimeError):
+    """A server the tests need is not running."""
+
+
+def require_port(name: str, host: str, port: int, how: str) -> None:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return
+    except OSError:
+        raise ServiceMissing(f"{name} is not reachable at {host}:{port}; start it: {how}") from None
+
+
+def pg_url(database: str, *, driver: str = "postgresql+asyncpg") -> str:
+    return f"{driver}://{PG_USER}@{PG_HOST}:{PG_PORT}/{database}"
+
+
+async def create_database(label: str) -> str:
+    """Create an empty database with a unique name and return its name."""
+    require_port("PostgreSQL", PG_HOST, PG_PORT, START_PG)
+    name = f"nz_test_{label}_{secrets.token_hex(4)}"
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    return name
+
+
+async def drop_database(name: str) -> None:
+    conn = await asyncpg.connect(host=PG_HOST, port=PG_PORT, user=PG_USER, database="postgres")
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
