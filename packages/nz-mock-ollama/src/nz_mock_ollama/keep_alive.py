@@ -1,0 +1,54 @@
+"""`keep_alive` as Ollama reads it: seconds as a number, or a Go duration string."""
+
+from __future__ import annotations
+
+import math
+import re
+
+__all__ = ["DEFAULT_KEEP_ALIVE_S", "parse_keep_alive"]
+
+DEFAULT_KEEP_ALIVE_S = 300.0
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h)")
+
+
+def _go_duration(text: str) -> float:
+    sign = -1.0 if text.startswith("-") else 1.0
+    body = text.lstrip("+-")
+    if body == "0":
+        return 0.0
+    total, pos = 0.0, 0
+    while pos < len(body):
+        part = _PART.match(body, pos)
+        if part is None:
+            raise ValueError(f'time: invalid duration "{text}"')
+        total += float(part.group(1)) * _UNITS[part.group(2)]
+        pos = part.end()
+    if not body:
+        raise ValueError(f'time: invalid duration "{text}"')
+    return sign * total
+
+
+def parse_keep_alive(value: object) -> float | None:
+    """Seconds to keep the model loaded; None means forever (a negative value).
+
+    Absent (None) means the 5 minute default. Raises ValueError with Go's wording when
+    the string is not a duration.
+    """
+    if value is None:
+        return DEFAULT_KEEP_ALIVE_S
+    if isinstance(value, bool):
+        raise ValueError("json: cannot unmarshal bool into Go value of type time.Duration")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str):
+        try:
+            seconds = float(value)  # Ollama accepts "300" as seconds too
+        except ValueError:
+            seconds = _go_duration(value)
+    else:
+        raise ValueError("json: cannot unmarshal object into Go value of type time.Duration")
+    if math.isnan(seconds):
+        raise ValueError(f'time: invalid duration "{value}"')
+    return None if seconds < 0 or math.isinf(seconds) else seconds
