@@ -37,11 +37,11 @@ async def postgres_url() -> AsyncIterator[str]:
 
 
 @pytest.fixture(scope="session")
-def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+async def sqlite_url(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A migrated SQLite database file for this test session."""
     path: Path = tmp_path_factory.mktemp("sqlite") / "gateway.db"
     url = f"sqlite+aiosqlite:///{path}"
-    upgrade(url)
+    await asyncio.to_thread(upgrade, url)  # Alembic runs its own event loop
     return url
 
 

@@ -1,4 +1,4 @@
-"""Real processes the tests start: the mock Ollama now, the gateway later.
+"""Real processes the tests start: the mock Ollama and the gateway.
 
 Each process logs to a file, never a pipe (a pipe nobody drains can block the child),
 and is stopped by its own pid.
@@ -6,9 +6,11 @@ and is stopped by its own pid.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -16,6 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 _LISTENING = re.compile(r"listening on (http://\S+)")
 _SCRIPT = Path(sys.executable).with_name("nz-mock-ollama")
@@ -84,3 +88,102 @@ def run_mock(log_dir: Path, *args: str) -> Iterator[MockProcess]:
         yield MockProcess(url, process, log)
     finally:
         stop_process(process)
+
+
+def free_port() -> int:
+    """A port nothing listens on right now (the caller binds it soon after)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass(frozen=True)
+class GatewayProcess:
+    """A running `neuronetz-gateway serve`: its URL, process group and log."""
+
+    url: str
+    process: subprocess.Popen[bytes]
+    log: Path
+    env: dict[str, str]
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (Granian's main process and its workers)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, sig)
+
+
+def gateway_command(*args: str) -> list[str]:
+    return [sys.executable, "-m", "nz_cli", *args]
+
+
+def wait_until_healthy(
+    process: subprocess.Popen[bytes], url: str, log: Path, timeout: float = 30.0
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"gateway exited with {process.returncode}: {log.read_text()}")
+        try:
+            if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"gateway did not start in {timeout}s: {log.read_text()}")
+
+
+def start_gateway(log_dir: Path, env: dict[str, str]) -> GatewayProcess:
+    """Start the gateway on a free port with exactly ``env`` (over a clean base)."""
+    port = free_port()
+    full_env = {
+        **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
+        "PYTHONUNBUFFERED": "1",
+        "GATEWAY_PORT": str(port),
+        "LOG_FORMAT": "json",
+        **env,
+    }
+    log = log_dir / f"gateway-{port}.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            gateway_command("serve"),
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            cwd=log_dir,
+            start_new_session=True,  # its own process group, so workers die with it
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_healthy(process, url, log)
+    except BaseException:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+        raise
+    return GatewayProcess(url, process, log, full_env)
+
+
+def stop_gateway(gateway: GatewayProcess, timeout: float = 40.0) -> int:
+    """SIGTERM (graceful), then wait; SIGKILL the group if it hangs (and fail)."""
+    if gateway.process.poll() is None:
+        gateway.kill(signal.SIGTERM)
+        try:
+            return gateway.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            gateway.kill(signal.SIGKILL)
+            gateway.process.wait()
+            raise
+    return gateway.process.returncode
+
+
+@contextmanager
+def running_gateway(log_dir: Path, env: dict[str, str]) -> Iterator[GatewayProcess]:
+    gateway = start_gateway(log_dir, env)
+    try:
+        yield gateway
+    finally:
+        stop_gateway(gateway)

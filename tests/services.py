@@ -19,6 +19,9 @@ PG_USER: Final = os.environ.get("NZ_TEST_PG_USER", "postgres")
 REDIS_HOST: Final = os.environ.get("NZ_TEST_REDIS_HOST", "127.0.0.1")
 REDIS_PORT: Final = int(os.environ.get("NZ_TEST_REDIS_PORT", "6379"))
 
+# The tests' own Redis database, flushed at the start of a session.
+REDIS_DB: Final = int(os.environ.get("NZ_TEST_REDIS_DB", "11"))
+
 START_PG: Final = "pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start"
 START_REDIS: Final = (
     'redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no'
@@ -59,3 +62,8 @@ async def drop_database(name: str) -> None:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         await conn.close()
+
+
+def redis_url(db: int = REDIS_DB) -> str:
+    require_port("Redis", REDIS_HOST, REDIS_PORT, START_REDIS)
+    return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"

@@ -7,7 +7,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nz_core.errors import InvalidValue
-from nz_core.models import ModelPolicy, effective_models, normalize_model, parse_model_list
+from nz_core.models import (
+    ModelPolicy,
+    effective_models,
+    may_use,
+    normalize_model,
+    parse_model_list,
+)
 from tests.strategies import model_names
 
 
@@ -40,6 +46,10 @@ def test_effective_set(allowed: frozenset[str], found: frozenset[str], allow_all
     policy = ModelPolicy.of(allow_all=allow_all, allowed=allowed)
     result = effective_models(policy, discovered)
     assert result <= discovered
+    for name in allowed | found:
+        assert may_use(policy, discovered, normalize_model(name)) == (
+            normalize_model(name) in result
+        )
     if allow_all:
         assert result == discovered
     else:

@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from nz_cli import admin
+from nz_cli import admin, serve
 
 __all__ = ["app", "main"]
 
@@ -18,6 +18,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
 )
+serve.register(app)
 admin.register(app)
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from nz_core.errors import InvalidValue
 
-__all__ = ["ModelPolicy", "effective_models", "normalize_model", "parse_model_list"]
+__all__ = ["ModelPolicy", "effective_models", "may_use", "normalize_model", "parse_model_list"]
 
 
 def normalize_model(name: str) -> str:
@@ -64,3 +64,10 @@ def effective_models(policy: ModelPolicy, discovered: frozenset[str] | None) -> 
     if policy.allow_all:
         return discovered
     return policy.allowed & discovered
+
+
+def may_use(policy: ModelPolicy, discovered: frozenset[str] | None, name: str) -> bool:
+    """Whether ``name`` (normalised) is in the effective set, without building the set."""
+    if not discovered or name not in discovered:
+        return False
+    return policy.allow_all or name in policy.allowed

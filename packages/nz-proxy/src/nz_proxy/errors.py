@@ -8,9 +8,10 @@ in the package writes an error body, so every surface stays consistent (SPEC §6
 ``GatewayError``
     ``InvalidRequest`` (400), ``InvalidApiKey`` (401), ``PermissionDenied`` (403:
     ``ModelNotAllowed``, ``EndpointBlocked``, ``ScopeMissing``), ``RouteNotFound``
-    (404), ``RequestTooLarge`` (413), ``LimitExceeded`` (429), ``BudgetExhausted``
-    (429), ``UpstreamUnavailable`` (502), ``GatewayUnavailable`` (503),
-    ``UpstreamTimeout`` (504).
+    (404), ``MethodNotAllowed`` (405), ``RequestTooLarge`` (413), ``LimitExceeded``
+    (429), ``BudgetExhausted`` (429), ``UpstreamRejected`` (the backend's 4xx),
+    ``UpstreamUnavailable`` (502), ``GatewayUnavailable`` (503), ``UpstreamTimeout``
+    (504).
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ __all__ = [
     "InvalidApiKey",
     "InvalidRequest",
     "LimitExceeded",
+    "MethodNotAllowed",
     "ModelNotAllowed",
     "PermissionDenied",
     "RequestTooLarge",
     "RouteNotFound",
     "ScopeMissing",
     "Surface",
+    "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "render",
@@ -51,7 +54,7 @@ class Surface(Enum):
 class GatewayError(Exception):
     """Base of every refusal. Subclasses fix the status, type and code."""
 
-    status: ClassVar[int] = 500
+    status: int = 500
     type: ClassVar[str] = "api_error"
     code: str = "internal_error"
 
@@ -60,6 +63,10 @@ class GatewayError(Exception):
         self.message = message
         # Milliseconds until a retry can succeed; None when waiting does not help.
         self.retry_after_ms = retry_after_ms
+
+    def ollama_message(self) -> str:
+        """The flat message of Ollama's error shape."""
+        return self.message
 
     def headers(self) -> dict[str, str]:
         """``Retry-After`` (whole seconds, at least 1) and ``retry-after-ms`` when set."""
@@ -88,6 +95,9 @@ class InvalidApiKey(GatewayError):
 
     def __init__(self) -> None:
         super().__init__("Invalid API key.")
+
+    def ollama_message(self) -> str:
+        return "unauthorized"
 
 
 class PermissionDenied(GatewayError):
@@ -125,6 +135,27 @@ class RouteNotFound(GatewayError):
 
     def __init__(self) -> None:
         super().__init__("Not found.")
+
+
+class UpstreamRejected(GatewayError):
+    """The backend refused the request as malformed (a 4xx other than 404); its
+    message is passed on, since it is about the client's own request."""
+
+    type = "invalid_request_error"
+    code = "upstream_rejected"
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class MethodNotAllowed(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+    def __init__(self) -> None:
+        super().__init__("Method not allowed.")
 
 
 class RequestTooLarge(GatewayError):
@@ -198,7 +229,7 @@ _encode = msgspec.json.Encoder().encode
 def render(error: GatewayError, surface: Surface) -> bytes:
     """The JSON body for ``error`` on ``surface``; the only place bodies are shaped."""
     if surface is Surface.OLLAMA:
-        return _encode({"error": error.message})
+        return _encode({"error": error.ollama_message()})
     param = error.param if isinstance(error, InvalidRequest) else None
     body = {"message": error.message, "type": error.type, "param": param, "code": error.code}
     return _encode({"error": body})

@@ -1,0 +1,56 @@
+"""Admission and settlement: the one seam where limits and budgets apply (SPEC §4).
+
+Every request that reaches the backend is admitted once before it is forwarded (step
+4) and settled once after (step 6), whatever happens in between. The request path
+sees only :class:`Admission`; what stands behind it decides how much is enforced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from nz_core.credentials import KeyPolicy
+
+__all__ = ["Admission", "Demand", "Ticket", "Unmetered"]
+
+
+@dataclass(frozen=True, slots=True)
+class Demand:
+    """What a request asks of its key's limits."""
+
+    request_key: str  # unique per request (the audit id), never the client's request id
+    inference: bool  # generation or embedding, as opposed to listing models
+    prompt_estimate: int = 0
+    requested_cap: int | None = None  # the completion cap the client asked for
+
+
+@dataclass(slots=True)
+class Ticket:
+    """An admitted request. ``cap`` is the completion cap to forward as
+    ``options.num_predict`` (``None``: leave the request as it is)."""
+
+    demand: Demand
+    policy: KeyPolicy
+    cap: int | None = None
+    headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+
+
+class Admission(Protocol):
+    async def admit(self, policy: KeyPolicy, demand: Demand) -> Ticket:
+        """Admit or refuse (``LimitExceeded``, ``BudgetExhausted``, ``GatewayUnavailable``)."""
+        ...
+
+    async def settle(self, ticket: Ticket, tokens_in: int, tokens_out: int) -> None:
+        """Replace the ticket's reservation by what was used. Called exactly once."""
+        ...
+
+
+class Unmetered:
+    """Admits everything and counts nothing."""
+
+    async def admit(self, policy: KeyPolicy, demand: Demand) -> Ticket:
+        return Ticket(demand=demand, policy=policy)
+
+    async def settle(self, ticket: Ticket, tokens_in: int, tokens_out: int) -> None:
+        return None

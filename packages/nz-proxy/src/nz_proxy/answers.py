@@ -1,0 +1,221 @@
+"""How each endpoint's answer is shaped from the backend's native answer, and what it
+counts for accounting (SPEC §4.7-4.8, §6.3).
+
+An :class:`Answer` is made per request. Streamed, it is fed the backend's NDJSON lines
+one at a time and returns the bytes to send: the same line for the native surface, SSE
+events for the OpenAI one. Whole, it turns the backend's JSON body into the client's.
+Either way it tracks the tokens the request used.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final, Protocol
+
+import msgspec
+
+from nz_proxy.errors import UpstreamUnavailable
+from nz_proxy.responses import MEDIA_JSON, MEDIA_NDJSON, MEDIA_SSE
+from nz_proxy.translate import (
+    ChatStream,
+    CompletionStream,
+    NativeStreamTap,
+    chat_response,
+    completion_response,
+    embeddings_response,
+    native_error_line,
+    new_completion_id,
+)
+
+__all__ = [
+    "Answer",
+    "ChatAnswer",
+    "CompletionAnswer",
+    "EmbeddingsAnswer",
+    "NativeAnswer",
+    "StreamingAnswer",
+]
+
+_decode: Final = msgspec.json.Decoder().decode
+_encode: Final = msgspec.json.Encoder().encode
+
+
+class Answer(Protocol):
+    """One request's answer as a whole body, and the tokens it used."""
+
+    whole_media: bytes
+
+    def whole(self, body: bytes) -> bytes:
+        """The client's body for the backend's complete JSON body."""
+        ...
+
+    def usage(self, prompt_estimate: int) -> tuple[int, int]:
+        """(tokens in, tokens out). A stream cut before its final frame counts the
+        content frames it delivered, and the prompt at its estimate."""
+        ...
+
+
+class StreamingAnswer(Answer, Protocol):
+    """An answer that can also be streamed, line by line."""
+
+    stream_media: bytes
+
+    def line(self, line: bytes) -> bytes:
+        """Bytes to send for one native NDJSON line (possibly none)."""
+        ...
+
+    def error(self, message: str) -> bytes:
+        """The one error frame that ends a failed stream, in its own format."""
+        ...
+
+    @property
+    def finished(self) -> bool:
+        """The final frame (or an error line) has been seen."""
+        ...
+
+
+def _native(body: bytes) -> dict[str, Any]:
+    try:
+        value = _decode(body)
+    except msgspec.DecodeError:
+        raise UpstreamUnavailable from None
+    if not isinstance(value, dict):
+        raise UpstreamUnavailable
+    return value
+
+
+def _counts(native: dict[str, Any]) -> tuple[int, int]:
+    return int(native.get("prompt_eval_count") or 0), int(native.get("eval_count") or 0)
+
+
+class NativeAnswer:
+    """Ollama's own surface: lines and bodies are forwarded byte for byte."""
+
+    stream_media = MEDIA_NDJSON
+    whole_media = MEDIA_JSON
+
+    def __init__(self, *, counts_prompt: bool = True) -> None:
+        self.tap = NativeStreamTap()
+        # The legacy /api/embeddings answer carries no prompt_eval_count at all.
+        self.counts_prompt = counts_prompt
+
+    def line(self, line: bytes) -> bytes:
+        self.tap.feed(line)
+        return line + b"\n"
+
+    def error(self, message: str) -> bytes:
+        return native_error_line(message)
+
+    def whole(self, body: bytes) -> bytes:
+        self.tap.feed(body)
+        self.tap.done = True
+        return body
+
+    @property
+    def finished(self) -> bool:
+        return self.tap.done or self.tap.error_message is not None
+
+    def usage(self, prompt_estimate: int) -> tuple[int, int]:
+        tap = self.tap
+        if not tap.done:
+            return prompt_estimate, tap.content_frames
+        prompt = tap.prompt_tokens if self.counts_prompt else prompt_estimate
+        return prompt, tap.completion_tokens
+
+
+class _SseAnswer:
+    stream_media = MEDIA_SSE
+    whole_media = MEDIA_JSON
+
+    def __init__(self, stream: ChatStream | CompletionStream) -> None:
+        self._stream = stream
+        self._whole_counts: tuple[int, int] | None = None
+
+    def line(self, line: bytes) -> bytes:
+        return self._stream.feed_line(line)
+
+    def error(self, message: str) -> bytes:
+        return self._stream.error(message)
+
+    @property
+    def finished(self) -> bool:
+        return self._stream.finished
+
+    def usage(self, prompt_estimate: int) -> tuple[int, int]:
+        if self._whole_counts is not None:
+            return self._whole_counts
+        stream = self._stream
+        if not stream.done:
+            return prompt_estimate, stream.content_frames
+        return stream.prompt_tokens, stream.completion_tokens
+
+
+class ChatAnswer(_SseAnswer):
+    """``/v1/chat/completions``: SSE chunks or one ``chat.completion``."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.id = new_completion_id("chatcmpl")
+        self.created = int(time.time())
+        super().__init__(
+            ChatStream(
+                model=model,
+                completion_id=self.id,
+                created=self.created,
+                include_usage=include_usage,
+            )
+        )
+
+    def whole(self, body: bytes) -> bytes:
+        native = _native(body)
+        self._whole_counts = _counts(native)
+        return _encode(
+            chat_response(native, model=self.model, completion_id=self.id, created=self.created)
+        )
+
+
+class CompletionAnswer(_SseAnswer):
+    """``/v1/completions``: legacy text completions."""
+
+    def __init__(self, model: str, include_usage: bool) -> None:
+        self.model = model
+        self.id = new_completion_id("cmpl")
+        self.created = int(time.time())
+        super().__init__(
+            CompletionStream(
+                model=model,
+                completion_id=self.id,
+                created=self.created,
+                include_usage=include_usage,
+            )
+        )
+
+    def whole(self, body: bytes) -> bytes:
+        native = _native(body)
+        self._whole_counts = _counts(native)
+        return _encode(
+            completion_response(
+                native, model=self.model, completion_id=self.id, created=self.created
+            )
+        )
+
+
+class EmbeddingsAnswer:
+    """``/v1/embeddings``: never streamed."""
+
+    whole_media = MEDIA_JSON
+
+    def __init__(self, model: str, encoding_format: str) -> None:
+        self.model = model
+        self.encoding_format = encoding_format
+        self._prompt = 0
+
+    def whole(self, body: bytes) -> bytes:
+        native = _native(body)
+        self._prompt = _counts(native)[0]
+        return _encode(
+            embeddings_response(native, model=self.model, encoding_format=self.encoding_format)
+        )
+
+    def usage(self, prompt_estimate: int) -> tuple[int, int]:
+        return self._prompt, 0

@@ -1,0 +1,148 @@
+"""The composition root: settings in, a served ASGI application out.
+
+:func:`build_gateway` wires the services for the configured storage mode (PostgreSQL
+and Redis, or SQLite and in-process state); :func:`create_app` puts them behind
+Litestar's routes; :func:`asgi_app` adds the outermost recording layer, and
+:func:`app_from_env` is what Granian loads in every worker.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Final, cast
+
+from litestar import Litestar, Request, Response
+from litestar.datastructures import State
+from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
+from redis.asyncio import Redis
+
+from nz_core.database import create_engine
+from nz_core.keys import KeyHasher
+from nz_proxy.admission import Unmetered
+from nz_proxy.auth import Authenticator
+from nz_proxy.breaker import CircuitBreaker
+from nz_proxy.discovery import Discovery, MemoryCatalogueStore, RedisCatalogueStore
+from nz_proxy.errors import GatewayError, MethodNotAllowed, RouteNotFound, render
+from nz_proxy.exchange import surface_of
+from nz_proxy.gateway import Gateway
+from nz_proxy.keycache import LocalKeyCache, MemorySharedCache, RedisSharedCache
+from nz_proxy.logs import configure_logging
+from nz_proxy.recorder import Recorder
+from nz_proxy.routes import ollama, openai, system
+from nz_proxy.settings import Settings, load_settings
+from nz_proxy.types import ASGIApp
+from nz_proxy.upstream import Upstream
+
+__all__ = ["app_from_env", "asgi_app", "build_gateway", "create_app"]
+
+# The per-process key cache is short-lived (SPEC §4.2): evictions reach it by NOTIFY,
+# and this bounds how long it can drift from the shared level otherwise.
+LOCAL_KEY_CACHE_TTL_S: Final = 30.0
+
+
+def build_gateway(settings: Settings) -> Gateway:
+    """The services for ``settings``; nothing connects until :meth:`Gateway.start`."""
+    engine = create_engine(settings.database_url)
+    redis = (
+        Redis.from_url(
+            settings.redis_url,
+            # Fail closed fast: a stopped or frozen Redis is a 503 within a second.
+            socket_timeout=0.75,
+            socket_connect_timeout=0.75,
+        )
+        if settings.redis_url
+        else None
+    )
+    shared_cache = (
+        RedisSharedCache(redis, settings.key_cache_ttl_s)
+        if redis is not None
+        else MemorySharedCache(settings.key_cache_ttl_s)
+    )
+    auth = Authenticator(
+        engine=engine,
+        local=LocalKeyCache(min(settings.key_cache_ttl_s, LOCAL_KEY_CACHE_TTL_S)),
+        shared=shared_cache,
+        hasher=KeyHasher(),
+    )
+    upstream = Upstream(
+        settings.ollama_base_url,
+        connect_timeout_s=settings.upstream_connect_timeout_s,
+        read_timeout_s=settings.upstream_read_timeout_s,
+        breaker=CircuitBreaker(settings.circuit_breaker_failures, settings.circuit_breaker_reset_s),
+    )
+    store = (
+        RedisCatalogueStore(redis, settings.model_discovery_cache_ttl_s)
+        if redis is not None
+        else MemoryCatalogueStore()
+    )
+    discovery = Discovery(
+        upstream,
+        store,
+        refresh_s=settings.model_discovery_refresh_s,
+        ttl_s=settings.model_discovery_cache_ttl_s,
+    )
+    return Gateway(
+        settings=settings,
+        engine=engine,
+        redis=redis,
+        auth=auth,
+        discovery=discovery,
+        upstream=upstream,
+        admission=Unmetered(),
+    )
+
+
+def _error_response(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
+    """Errors Litestar itself raises (no route, wrong method), in the surface's shape."""
+    error: GatewayError
+    if isinstance(exc, NotFoundException):
+        error = RouteNotFound()
+    elif isinstance(exc, MethodNotAllowedException):
+        error = MethodNotAllowed()
+    elif isinstance(exc, HTTPException):
+        error = GatewayError(exc.detail)
+        error.status = exc.status_code
+    else:
+        error = GatewayError("Internal error.")
+    return Response(
+        render(error, surface_of(request.url.path)),
+        status_code=error.status,
+        media_type="application/json",
+        headers=error.headers(),
+    )
+
+
+def create_app(settings: Settings, gateway: Gateway | None = None) -> Litestar:
+    gateway = gateway or build_gateway(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app: Litestar) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    return Litestar(
+        route_handlers=[*openai.ROUTES, *ollama.ROUTES, *system.ROUTES],
+        lifespan=[lifespan],
+        state=State({"gateway": gateway}),
+        exception_handlers={HTTPException: _error_response, Exception: _error_response},
+        openapi_config=None,
+        debug=False,
+    )
+
+
+def asgi_app(settings: Settings) -> ASGIApp:
+    """The application as served: Litestar inside the request recorder."""
+    # Litestar types its ASGI events precisely; the recorder only passes them through.
+    litestar = cast("ASGIApp", create_app(settings))
+    return Recorder(litestar, trusted=settings.networks())
+
+
+def app_from_env() -> ASGIApp:
+    """Granian's factory target: every worker builds its own from the environment."""
+    settings = load_settings()
+    configure_logging(settings)
+    return asgi_app(settings)

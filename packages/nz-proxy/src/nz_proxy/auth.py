@@ -1,0 +1,255 @@
+"""Authentication (SPEC §4.1-4.2): from an ``Authorization`` header to a key's policy.
+
+The order is chosen so that nothing expensive happens for a bad key:
+
+1. The header is shape-checked (:func:`nz_core.keys.parse_key`): no I/O for garbage.
+2. The per-process cache, then the shared cache, are looked up by prefix and the
+   SHA-256 of the presented key compared in constant time. A cached prefix with the
+   wrong secret is refused right there, so the owner of a cached key is never locked
+   out and an attacker can never make a cached key cost an argon2 run.
+3. On a miss, recent failures for the prefix and for the client address are checked
+   *before* any work, then the key is read from the database and verified with
+   argon2id in a worker thread behind a small limiter. Concurrent misses for the same
+   key share one verification.
+
+Every refusal is :class:`~nz_proxy.errors.InvalidApiKey`: one body, whatever the cause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections import OrderedDict, deque
+from collections.abc import Coroutine, Mapping
+from typing import Any, Final
+
+import anyio
+import structlog
+from anyio import CapacityLimiter
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from nz_core.credentials import KeyPolicy, load_credentials, store_rehash
+from nz_core.errors import DatabaseUnreachable, MalformedKey
+from nz_core.keys import KeyHasher, parse_key
+from nz_proxy.errors import GatewayUnavailable, InvalidApiKey
+from nz_proxy.keycache import CachedKey, LocalKeyCache, SharedKeyCache
+
+__all__ = ["Authenticator", "FailureLimiter", "presented_key"]
+
+log = structlog.get_logger("nz_proxy.auth")
+
+# argon2 runs in one thread per process: a verification takes ~30 ms of one core, and
+# the event loop keeps the other one, so cached keys stay fast while cold ones queue.
+ARGON2_THREADS: Final = 1
+# Beyond this many verifications waiting, new ones are turned away (503, retry) rather
+# than queued for seconds.
+MAX_WAITING_VERIFICATIONS: Final = 64
+
+
+def presented_key(headers: Mapping[bytes, bytes]) -> str | None:
+    """The key from ``Authorization: Bearer …``, else from ``x-api-key``."""
+    authorization = headers.get(b"authorization")
+    if authorization is not None:
+        scheme, _, value = authorization.strip().partition(b" ")
+        if scheme.lower() == b"bearer" and value.strip():
+            return value.strip().decode("latin-1")
+    api_key = headers.get(b"x-api-key")
+    if api_key is not None and api_key.strip():
+        return api_key.strip().decode("latin-1")
+    return None
+
+
+class FailureLimiter:
+    """Failed verifications per prefix and per client address, in a sliding window.
+
+    Per process on purpose: it guards this process's CPU against argon2 floods.
+    """
+
+    def __init__(
+        self,
+        *,
+        per_prefix: int = 10,
+        per_address: int = 30,
+        window_s: float = 60.0,
+        max_tracked: int = 100_000,
+    ) -> None:
+        self.per_prefix = per_prefix
+        self.per_address = per_address
+        self.window_s = window_s
+        self.max_tracked = max_tracked
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
+
+    def _recent(self, subject: str, now: float) -> int:
+        times = self._failures.get(subject)
+        if times is None:
+            return 0
+        while times and times[0] <= now - self.window_s:
+            times.popleft()
+        return len(times)
+
+    def blocked(self, prefix: str, address: str | None) -> bool:
+        now = time.monotonic()
+        if self._recent("p:" + prefix, now) >= self.per_prefix:
+            return True
+        return address is not None and self._recent("a:" + address, now) >= self.per_address
+
+    def address_blocked(self, address: str | None) -> bool:
+        return address is not None and self._recent("a:" + address, time.monotonic()) >= (
+            self.per_address
+        )
+
+    def record(self, prefix: str | None, address: str | None) -> None:
+        now = time.monotonic()
+        for subject in (
+            "p:" + prefix if prefix else None,
+            "a:" + address if address else None,
+        ):
+            if subject is None:
+                continue
+            times = self._failures.get(subject)
+            if times is None:
+                times = self._failures[subject] = deque()
+            self._failures.move_to_end(subject)
+            times.append(now)
+        while len(self._failures) > self.max_tracked:
+            self._failures.popitem(last=False)
+
+
+class Authenticator:
+    """Turns a presented key into its :class:`KeyPolicy`, or refuses it."""
+
+    def __init__(
+        self,
+        *,
+        engine: AsyncEngine,
+        local: LocalKeyCache,
+        shared: SharedKeyCache,
+        hasher: KeyHasher,
+        failures: FailureLimiter | None = None,
+    ) -> None:
+        self.engine = engine
+        self.local = local
+        self.shared = shared
+        self.hasher = hasher
+        self.failures = failures or FailureLimiter()
+        self.limiter = CapacityLimiter(ARGON2_THREADS)
+        # False while the revocation listener is down: every eviction could be missed,
+        # so the per-process level is not trusted (SPEC §4.5).
+        self.local_enabled = True
+        # Bumped on every eviction; a verification that raced one does not cache.
+        self.epoch = 0
+        self._inflight: dict[tuple[str, bytes], asyncio.Future[KeyPolicy]] = {}
+        self.verifications = 0  # argon2 runs, for metrics and the benchmark
+        self._background: set[asyncio.Task[None]] = set()
+
+    async def authenticate(self, key: str | None, address: str | None) -> KeyPolicy:
+        """The policy of ``key``, or :class:`InvalidApiKey`.
+
+        Raises:
+            InvalidApiKey: missing, malformed, unknown, wrong or revoked key.
+            GatewayUnavailable: the shared cache or the database cannot be reached.
+        """
+        if key is None:
+            raise InvalidApiKey
+        try:
+            parsed = parse_key(key)
+        except MalformedKey:
+            self.failures.record(None, address)
+            raise InvalidApiKey from None
+        prefix = parsed.prefix
+        digest = hashlib.sha256(key.encode("ascii")).digest()
+        if self.local_enabled:
+            entry = self.local.get(prefix)
+            if entry is not None:
+                return self._checked(entry, digest, prefix, address)
+        entry = await self.shared.get(prefix)
+        if entry is not None:
+            policy = self._checked(entry, digest, prefix, address)
+            if self.local_enabled:
+                self.local.put(prefix, entry)
+            return policy
+        if self.failures.blocked(prefix, address):
+            raise InvalidApiKey
+        # Concurrent misses for the same key share one verification, which runs as
+        # its own task so a client that hangs up does not waste the work.
+        flight = (prefix, digest)
+        verification = self._inflight.get(flight)
+        if verification is None:
+            verification = asyncio.ensure_future(self._verify(key, prefix, digest, address))
+            self._inflight[flight] = verification
+            verification.add_done_callback(lambda done: self._settled(flight, done))
+        return await asyncio.shield(verification)
+
+    def _settled(self, flight: tuple[str, bytes], done: asyncio.Future[KeyPolicy]) -> None:
+        del self._inflight[flight]
+        if not done.cancelled():
+            done.exception()  # mark retrieved: callers that hung up will not read it
+
+    def _checked(
+        self, entry: CachedKey, digest: bytes, prefix: str, address: str | None
+    ) -> KeyPolicy:
+        if hmac.compare_digest(entry.digest, digest):
+            return entry.policy
+        # A known prefix with the wrong secret: refused without any hashing.
+        self.failures.record(prefix, address)
+        raise InvalidApiKey
+
+    async def _verify(self, key: str, prefix: str, digest: bytes, address: str | None) -> KeyPolicy:
+        if self.limiter.statistics().tasks_waiting >= MAX_WAITING_VERIFICATIONS:
+            raise GatewayUnavailable("key verification queue")
+        epoch = self.epoch
+        try:
+            credentials = await load_credentials(self.engine, prefix)
+        except DatabaseUnreachable:
+            raise GatewayUnavailable("database") from None
+        if credentials is None:
+            self.failures.record(prefix, address)
+            raise InvalidApiKey
+        self.verifications += 1
+        valid = await anyio.to_thread.run_sync(
+            self.hasher.verify, credentials.hash, key, limiter=self.limiter
+        )
+        if not valid:
+            self.failures.record(prefix, address)
+            raise InvalidApiKey
+        entry = CachedKey(digest=digest, policy=credentials.policy)
+        if epoch == self.epoch:  # no revocation or policy change raced this read
+            await self.shared.put(prefix, entry)
+            if self.local_enabled:
+                self.local.put(prefix, entry)
+        if self.hasher.needs_rehash(credentials.hash):
+            self._spawn(self._rehash(credentials.policy.key_id, credentials.hash, key))
+        return credentials.policy
+
+    async def _rehash(self, key_id: int, old_hash: str, key: str) -> None:
+        new_hash = await anyio.to_thread.run_sync(self.hasher.hash, key, limiter=self.limiter)
+        try:
+            await store_rehash(self.engine, key_id, old_hash, new_hash)
+        except DatabaseUnreachable:
+            log.warning("rehash_deferred", key_id=key_id)
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def evict(self, prefix: str) -> None:
+        """Forget ``prefix`` in both levels (revocation or policy change)."""
+        self.epoch += 1
+        self.local.evict(prefix)
+        await self.shared.evict(prefix)
+
+    def evict_local(self, prefix: str) -> None:
+        self.epoch += 1
+        self.local.evict(prefix)
+
+    def suspend_local(self) -> None:
+        """The listener is down: drop the per-process level and stop using it."""
+        self.epoch += 1
+        self.local_enabled = False
+        self.local.clear()
+
+    def resume_local(self) -> None:
+        self.local_enabled = True

@@ -1,0 +1,319 @@
+"""The inference request path: SPEC §4's lifecycle, top to bottom.
+
+1. authenticate and check the scope;  2. read and translate the body, check the model
+policy;  3. admit (:mod:`nz_proxy.admission`);  4. forward to the backend and answer,
+streamed or whole;  5. settle, exactly once, whatever happened in between (client
+disconnect, backend failure, cancellation).
+
+:data:`ENDPOINTS` describes every inference endpoint of SPEC §5: which scope it needs,
+where it goes upstream and how its answer is shaped (:mod:`nz_proxy.answers`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import msgspec
+import structlog
+
+from nz_core.budgets import estimate_prompt_tokens
+from nz_core.models import may_use, normalize_model
+from nz_core.scopes import Scope
+from nz_proxy.admission import Demand, Ticket
+from nz_proxy.answers import (
+    Answer,
+    ChatAnswer,
+    CompletionAnswer,
+    EmbeddingsAnswer,
+    NativeAnswer,
+    StreamingAnswer,
+)
+from nz_proxy.body import ClientGone, parse_json_object, read_body
+from nz_proxy.disconnect import DisconnectWatch
+from nz_proxy.errors import (
+    GatewayError,
+    InvalidRequest,
+    MethodNotAllowed,
+    ModelNotAllowed,
+    ScopeMissing,
+    Surface,
+    UpstreamRejected,
+    UpstreamUnavailable,
+)
+from nz_proxy.exchange import Exchange, exchange_of
+from nz_proxy.framing import NdjsonSplitter
+from nz_proxy.gateway import Gateway
+from nz_proxy.responses import send_bytes, send_error, start
+from nz_proxy.translate import (
+    apply_completion_cap,
+    chat_request,
+    completion_request,
+    embeddings_request,
+    include_usage,
+    prompt_text_bytes,
+    requested_completion_cap,
+)
+from nz_proxy.types import Receive, Send
+from nz_proxy.types import Scope as AsgiScope
+from nz_proxy.upstream import Reply, StreamBroken
+
+__all__ = ["ENDPOINTS", "Inference", "Prepared", "serve_inference", "upstream_error"]
+
+log = structlog.get_logger("nz_proxy.inference")
+
+_encode: Final = msgspec.json.Encoder().encode
+_decode: Final = msgspec.json.Decoder().decode
+
+# A native frame longer than this is not a frame (a final `context` array is ~100 KB).
+MAX_FRAME_BYTES: Final = 64 << 20
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A request translated for the backend, and the answer that will shape its reply."""
+
+    native: dict[str, Any]
+    model: str
+    stream: bool
+    answer: Answer
+    # The same answer when the client asked for a stream, else None.
+    streamer: StreamingAnswer | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Inference:
+    path: str
+    surface: Surface
+    scope: Scope
+    upstream: str
+    prepare: Callable[[dict[str, Any]], Prepared]
+
+
+# -- how each endpoint's request is read ---------------------------------------
+
+
+def _openai_chat(body: dict[str, Any]) -> Prepared:
+    native = chat_request(body)
+    answer = ChatAnswer(native["model"], include_usage(body))
+    return Prepared(native, native["model"], native["stream"], answer, _if(native, answer))
+
+
+def _openai_completion(body: dict[str, Any]) -> Prepared:
+    native = completion_request(body)
+    answer = CompletionAnswer(native["model"], include_usage(body))
+    return Prepared(native, native["model"], native["stream"], answer, _if(native, answer))
+
+
+def _if(native: dict[str, Any], answer: StreamingAnswer) -> StreamingAnswer | None:
+    return answer if native["stream"] else None
+
+
+def _openai_embeddings(body: dict[str, Any]) -> Prepared:
+    native, encoding = embeddings_request(body)
+    model = native["model"]
+    return Prepared(native, model, False, EmbeddingsAnswer(model, encoding))
+
+
+def _native_model(body: dict[str, Any]) -> str:
+    model = body.get("model")
+    if not isinstance(model, str) or not model.strip():
+        raise InvalidRequest("model is required", param="model")
+    return model
+
+
+def _native_generation(body: dict[str, Any]) -> Prepared:
+    model = _native_model(body)
+    stream = body.get("stream", True)  # Ollama streams unless told not to
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream must be true or false", param="stream")
+    answer = NativeAnswer()
+    return Prepared(body, model, stream, answer, answer if stream else None)
+
+
+def _native_embed(body: dict[str, Any]) -> Prepared:
+    return Prepared(body, _native_model(body), False, NativeAnswer())
+
+
+def _native_legacy_embeddings(body: dict[str, Any]) -> Prepared:
+    # The legacy answer has no prompt_eval_count: the prompt is charged at its estimate.
+    return Prepared(body, _native_model(body), False, NativeAnswer(counts_prompt=False))
+
+
+ENDPOINTS: Final = {
+    endpoint.path: endpoint
+    for endpoint in (
+        Inference("/v1/chat/completions", Surface.OPENAI, Scope.CHAT, "/api/chat", _openai_chat),
+        Inference(
+            "/v1/completions", Surface.OPENAI, Scope.CHAT, "/api/generate", _openai_completion
+        ),
+        Inference(
+            "/v1/embeddings", Surface.OPENAI, Scope.EMBEDDINGS, "/api/embed", _openai_embeddings
+        ),
+        Inference("/api/chat", Surface.OLLAMA, Scope.CHAT, "/api/chat", _native_generation),
+        Inference("/api/generate", Surface.OLLAMA, Scope.CHAT, "/api/generate", _native_generation),
+        Inference("/api/embed", Surface.OLLAMA, Scope.EMBEDDINGS, "/api/embed", _native_embed),
+        Inference(
+            "/api/embeddings",
+            Surface.OLLAMA,
+            Scope.EMBEDDINGS,
+            "/api/embeddings",
+            _native_legacy_embeddings,
+        ),
+    )
+}
+
+
+# -- the lifecycle --------------------------------------------------------------
+
+
+async def serve_inference(
+    gateway: Gateway, endpoint: Inference, scope: AsgiScope, receive: Receive, send: Send
+) -> None:
+    exchange = exchange_of(scope)
+    exchange.endpoint = endpoint.path
+    headers = dict(scope["headers"])
+    try:
+        if scope["method"] != "POST":
+            raise MethodNotAllowed
+        policy = await gateway.authenticate(exchange, headers)
+        if endpoint.scope not in policy.scopes:
+            raise ScopeMissing(endpoint.scope.value)
+        raw = await read_body(receive, headers, gateway.settings.max_request_bytes)
+        prepared = endpoint.prepare(parse_json_object(raw))
+        model = normalize_model(prepared.model)
+        exchange.model = model
+        exchange.stream = prepared.stream
+        if not may_use(policy.models, gateway.discovery.require().names, model):
+            raise ModelNotAllowed
+        demand = Demand(
+            request_key=exchange.id.hex,
+            inference=True,
+            prompt_estimate=estimate_prompt_tokens(*prompt_text_bytes(prepared.native)),
+            requested_cap=requested_completion_cap(prepared.native),
+        )
+        ticket = await gateway.admission.admit(policy, demand)
+    except GatewayError as error:
+        exchange.error = error.code
+        await send_error(send, error, endpoint.surface)
+        return
+    except ClientGone:
+        exchange.status = 499
+        return
+    await _forward(gateway, endpoint, prepared, ticket, exchange, receive, send)
+
+
+async def _forward(
+    gateway: Gateway,
+    endpoint: Inference,
+    prepared: Prepared,
+    ticket: Ticket,
+    exchange: Exchange,
+    receive: Receive,
+    send: Send,
+) -> None:
+    """Everything after admission; the ticket is settled exactly once on every path."""
+    answer = prepared.answer
+    reply: Reply | None = None
+    answered = False  # the backend said 200, so tokens were spent
+    watch = DisconnectWatch(receive)
+    try:
+        if ticket.cap is not None:
+            apply_completion_cap(prepared.native, ticket.cap)
+        try:
+            reply = await gateway.upstream.send("POST", endpoint.upstream, _encode(prepared.native))
+            if reply.status != 200:
+                raise await upstream_error(reply)
+            answered = True
+            if prepared.streamer is not None:
+                await _stream(reply, prepared.streamer, ticket, exchange, watch, send)
+            else:
+                body = answer.whole(await reply.read())
+                watch.disarm()
+                exchange.first_byte()
+                await send_bytes(send, 200, body, answer.whole_media, ticket.headers)
+        except GatewayError as error:
+            exchange.error = error.code
+            watch.disarm()
+            await send_error(send, error, endpoint.surface, ticket.headers)
+        except StreamBroken:
+            broken = UpstreamUnavailable()
+            exchange.error = broken.code
+            watch.disarm()
+            await send_error(send, broken, endpoint.surface, ticket.headers)
+    except asyncio.CancelledError:
+        if not watch.absorb():
+            raise  # the server is stopping, not the client leaving
+        exchange.status = 499
+    finally:
+        watch.close()
+        streamer = prepared.streamer
+        if reply is not None and not (answered and (streamer is None or streamer.finished)):
+            reply.abort()  # the backend stops generating for a client that left
+        tokens_in, tokens_out = answer.usage(ticket.demand.prompt_estimate) if answered else (0, 0)
+        exchange.tokens_in, exchange.tokens_out = tokens_in, tokens_out
+        # Settlement must not be lost to a cancellation arriving meanwhile.
+        await asyncio.shield(gateway.admission.settle(ticket, tokens_in, tokens_out))
+
+
+async def _stream(
+    reply: Reply,
+    answer: StreamingAnswer,
+    ticket: Ticket,
+    exchange: Exchange,
+    watch: DisconnectWatch,
+    send: Send,
+) -> None:
+    await start(send, answer.stream_media, ticket.headers)
+    splitter = NdjsonSplitter(max_line=MAX_FRAME_BYTES)
+    failure: str | None = None
+    try:
+        async for chunk in reply.chunks():
+            out = b"".join(answer.line(line) for line in splitter.feed(chunk))
+            if out:
+                exchange.first_byte()
+                await send({"type": "http.response.body", "body": out, "more_body": True})
+            if answer.finished:
+                break
+        else:
+            tail = splitter.flush()
+            if tail:
+                out = answer.line(tail)
+                if out:
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        if not answer.finished:
+            failure = "The model backend ended the stream early."
+    except StreamBroken:
+        failure = "The model backend failed during the stream."
+    if failure is not None:
+        exchange.error = UpstreamUnavailable.code
+        await send({"type": "http.response.body", "body": answer.error(failure), "more_body": True})
+    else:
+        reply.release()
+    watch.disarm()
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def upstream_error(reply: Reply) -> GatewayError:
+    """The refusal to pass on for a backend answer other than 200."""
+    status = reply.status
+    try:
+        body = await reply.read()
+    except StreamBroken:
+        return UpstreamUnavailable()
+    if status >= 500:
+        log.warning("upstream_error", status=status, body=body[:200].decode("utf-8", "replace"))
+        return UpstreamUnavailable()
+    if status == 404:
+        # The model vanished since discovery: the same answer as any unknown model.
+        return ModelNotAllowed()
+    message = f"The model backend refused the request (status {status})."
+    try:
+        decoded = _decode(body)
+        if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
+            message = decoded["error"][:500]
+    except msgspec.DecodeError:
+        pass
+    return UpstreamRejected(status, message)

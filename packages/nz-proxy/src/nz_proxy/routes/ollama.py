@@ -1,0 +1,91 @@
+"""Ollama's native surface, ``/api`` (SPEC §5). Anything not listed here is refused
+with 403 and never forwarded: pulls, pushes, deletes and every path we do not know."""
+
+from __future__ import annotations
+
+from litestar.handlers import asgi
+
+from nz_proxy.errors import EndpointBlocked
+from nz_proxy.exchange import exchange_of
+from nz_proxy.inference import ENDPOINTS, serve_inference
+from nz_proxy.listing import LISTINGS, serve_listing
+from nz_proxy.responses import MEDIA_TEXT, send_bytes, send_error
+from nz_proxy.routes import gateway_of
+from nz_proxy.types import Receive, Scope, Send
+
+__all__ = ["ROUTES"]
+
+
+@asgi("/api/chat", is_mount=False, copy_scope=False)
+async def chat(scope: Scope, receive: Receive, send: Send) -> None:
+    await serve_inference(gateway_of(scope), ENDPOINTS["/api/chat"], scope, receive, send)
+
+
+@asgi("/api/generate", is_mount=False, copy_scope=False)
+async def generate(scope: Scope, receive: Receive, send: Send) -> None:
+    await serve_inference(gateway_of(scope), ENDPOINTS["/api/generate"], scope, receive, send)
+
+
+@asgi("/api/embed", is_mount=False, copy_scope=False)
+async def embed(scope: Scope, receive: Receive, send: Send) -> None:
+    await serve_inference(gateway_of(scope), ENDPOINTS["/api/embed"], scope, receive, send)
+
+
+@asgi("/api/embeddings", is_mount=False, copy_scope=False)
+async def embeddings(scope: Scope, receive: Receive, send: Send) -> None:
+    await serve_inference(gateway_of(scope), ENDPOINTS["/api/embeddings"], scope, receive, send)
+
+
+async def _listing(path: str, scope: Scope, receive: Receive, send: Send) -> None:
+    methods, handler = LISTINGS[path]
+    await serve_listing(gateway_of(scope), path, methods, handler, scope, receive, send)
+
+
+@asgi("/api/tags", is_mount=False, copy_scope=False)
+async def tags(scope: Scope, receive: Receive, send: Send) -> None:
+    await _listing("/api/tags", scope, receive, send)
+
+
+@asgi("/api/ps", is_mount=False, copy_scope=False)
+async def running(scope: Scope, receive: Receive, send: Send) -> None:
+    await _listing("/api/ps", scope, receive, send)
+
+
+@asgi("/api/show", is_mount=False, copy_scope=False)
+async def show(scope: Scope, receive: Receive, send: Send) -> None:
+    await _listing("/api/show", scope, receive, send)
+
+
+@asgi("/api/version", is_mount=False, copy_scope=False)
+async def version(scope: Scope, receive: Receive, send: Send) -> None:
+    await _listing("/api/version", scope, receive, send)
+
+
+@asgi("/api", is_mount=True, copy_scope=True)
+async def blocked(scope: Scope, receive: Receive, send: Send) -> None:
+    """/api/pull, /api/push, /api/create, /api/copy, /api/delete, /api/blobs/* and any
+    other path under /api: administration of the backend never goes through the
+    gateway. (A mount, so it catches whatever the routes above do not.)"""
+    exchange = exchange_of(scope)
+    exchange.endpoint = exchange.path if _known_admin(exchange.path) else "/api/*"
+    error = EndpointBlocked()
+    exchange.error = error.code
+    await send_error(send, error, exchange.surface)
+
+
+_ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
+
+
+def _known_admin(path: str) -> bool:
+    return path in _ADMIN or path.startswith("/api/blobs/")
+
+
+@asgi("/", is_mount=False, copy_scope=False)
+async def root(scope: Scope, receive: Receive, send: Send) -> None:
+    """What Ollama answers at its root, for tools that probe it; no key needed."""
+    exchange_of(scope).audited = False
+    body = b"Ollama is running"
+    await send_bytes(send, 200, body, MEDIA_TEXT, head=scope["method"] == "HEAD")
+
+
+ROUTES = [chat, generate, embed, embeddings, tags, running, show, version, blocked, root]

@@ -1,0 +1,43 @@
+"""Probes: liveness and readiness. Not API traffic, so never audited."""
+
+from __future__ import annotations
+
+import msgspec
+from litestar.handlers import asgi
+
+from nz_proxy.exchange import exchange_of
+from nz_proxy.health import readiness
+from nz_proxy.errors import MethodNotAllowed
+from nz_proxy.responses import send_bytes, send_error
+from nz_proxy.routes import gateway_of
+from nz_proxy.types import Receive, Scope, Send
+
+__all__ = ["ROUTES"]
+
+
+async def _probe(scope: Scope, send: Send) -> bool:
+    """Probes are not API traffic: never audited, and only read."""
+    exchange = exchange_of(scope)
+    exchange.audited = False
+    if scope["method"] in ("GET", "HEAD"):
+        return True
+    await send_error(send, MethodNotAllowed(), exchange.surface)
+    return False
+
+
+@asgi("/healthz", is_mount=False, copy_scope=False)
+async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
+    if await _probe(scope, send):
+        await send_bytes(send, 200, b'{"status":"ok"}', head=scope["method"] == "HEAD")
+
+
+@asgi("/readyz", is_mount=False, copy_scope=False)
+async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
+    if not await _probe(scope, send):
+        return
+    ready, checks = await readiness(gateway_of(scope))
+    body = msgspec.json.encode({"status": "ready" if ready else "unavailable", "checks": checks})
+    await send_bytes(send, 200 if ready else 503, body)
+
+
+ROUTES = [healthz, readyz]

@@ -1,0 +1,139 @@
+"""The backend failing in every way the mock can (SPEC §4.7, §6.2): each test gets its own
+mock and its own gateway, so breaker state and faults never leak between tests."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import ollama
+import openai
+import pytest
+
+from tests.e2e.conftest import RigFactory
+
+CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "tell me"}]}
+
+
+def test_dead_backend_gives_502_everywhere(rig: RigFactory) -> None:
+    r = rig(dead_backend=True)
+    checks = [
+        r.post("/v1/chat/completions", CHAT),
+        r.post("/v1/chat/completions", {**CHAT, "stream": True}),
+        r.post("/v1/embeddings", {"model": "all-minilm", "input": "x"}),
+        r.post("/api/chat", CHAT),
+        r.post("/api/generate", {"model": "llama3.2", "prompt": "x"}),
+        r.post("/api/show", {"model": "llama3.2"}),
+        httpx.get(r.gateway.url + "/api/tags", headers=r.auth),
+        httpx.get(r.gateway.url + "/api/version", headers=r.auth),
+        httpx.get(r.gateway.url + "/v1/models", headers=r.auth),
+    ]
+    for response in checks:
+        assert response.status_code == 502, (response.request.url, response.text)
+        assert "Traceback" not in response.text
+    assert checks[0].json()["error"]["code"] == "upstream_unavailable"
+    ready = httpx.get(r.gateway.url + "/readyz")
+    assert ready.status_code == 503
+    assert ready.json()["checks"]["backend"] == "unreachable"
+
+
+def test_breaker_opens_after_five_failures_then_half_opens(rig: RigFactory) -> None:
+    r = rig("--token-rate", "0", CIRCUIT_BREAKER_FAILURES="5", CIRCUIT_BREAKER_RESET_S="2")
+    r.faults(fail_next=5, fail_status=500, paths=["/api/chat"])
+    for _ in range(5):
+        assert r.post("/api/chat", {**CHAT, "stream": False}).status_code == 502
+    assert r.mock_stats()["requests"]["/api/chat"] == 5
+    opened = r.post("/v1/chat/completions", CHAT)
+    assert opened.status_code == 502
+    assert 1 <= int(opened.headers["retry-after"]) <= 2
+    assert int(opened.headers["retry-after-ms"]) <= 2000
+    assert r.mock_stats()["requests"]["/api/chat"] == 5  # untouched
+    time.sleep(2.1)
+    probe = r.post("/v1/chat/completions", CHAT)
+    assert probe.status_code == 200
+    assert r.post("/api/chat", {**CHAT, "stream": False}).status_code == 200
+    assert r.mock_stats()["requests"]["/api/chat"] == 7
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
+def test_client_disconnect_stops_the_backend_within_a_second(rig: RigFactory, path: str) -> None:
+    r = rig("--token-rate", "20", "--response-tokens", "400")
+    body = {**CHAT, "stream": True}
+    with httpx.stream(
+        "POST", r.gateway.url + path, headers=r.auth, json=body, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        lines = response.iter_lines()
+        received = [next(lines) for _ in range(6)]
+        assert received
+        closed_at = time.time()
+    deadline = time.monotonic() + 5
+    disconnects: list[dict[str, float]] = []
+    while time.monotonic() < deadline and not disconnects:
+        disconnects = r.mock_stats()["disconnects"]
+        time.sleep(0.05)
+    assert disconnects, "the backend never saw the client leave"
+    assert disconnects[0]["at"] - closed_at < 1.0
+    assert disconnects[0]["frames_sent"] < 400
+
+
+def test_stream_cut_by_the_backend_ends_with_one_error_frame(rig: RigFactory) -> None:
+    r = rig("--token-rate", "0", "--cut-stream-after", "3")
+    native = r.post("/api/chat", {**CHAT, "stream": True})
+    lines = native.text.splitlines()
+    assert native.status_code == 200
+    assert len(lines) == 4
+    assert all(json.loads(line).get("done") is False for line in lines[:3])
+    assert set(json.loads(lines[3])) == {"error"}
+
+    sse = r.post("/v1/chat/completions", {**CHAT, "stream": True})
+    events = [e for e in sse.text.split("\n\n") if e]
+    assert json.loads(events[-1].removeprefix("data: "))["error"]["type"] == "server_error"
+    assert "[DONE]" not in sse.text
+    assert sum("error" in event for event in events) == 1
+
+    sdk = openai.OpenAI(base_url=r.gateway.url + "/v1", api_key=r.key, max_retries=0)
+    with sdk, pytest.raises(openai.APIError):
+        for _ in sdk.chat.completions.create(stream=True, **CHAT):  # type: ignore[call-overload]
+            pass
+    with (
+        ollama.Client(host=r.gateway.url, headers=r.auth) as client,
+        pytest.raises(ollama.ResponseError),
+    ):
+        for _ in client.chat(stream=True, **CHAT):  # type: ignore[call-overload]
+            pass
+
+
+def test_error_line_from_the_backend_is_passed_in_each_format(rig: RigFactory) -> None:
+    r = rig("--token-rate", "0", "--error-after", "2", "--error-message", "runner crashed")
+    native = r.post("/api/generate", {"model": "llama3.2", "prompt": "x"})
+    assert json.loads(native.text.splitlines()[-1]) == {"error": "runner crashed"}
+    sse = r.post("/v1/completions", {"model": "llama3.2", "prompt": "x", "stream": True})
+    last = json.loads([e for e in sse.text.split("\n\n") if e][-1].removeprefix("data: "))
+    assert "runner crashed" in last["error"]["message"]
+
+
+def test_no_first_byte_in_time_is_504(rig: RigFactory) -> None:
+    r = rig("--token-rate", "0", UPSTREAM_READ_TIMEOUT_S="1")
+    r.faults(delay_first_byte_s=3, paths=["/api/chat"])  # discovery (/api/tags) stays quick
+    for path, body in (
+        ("/v1/chat/completions", CHAT),
+        ("/v1/chat/completions", {**CHAT, "stream": True}),
+        ("/api/chat", CHAT),
+    ):
+        response = r.post(path, body)
+        assert response.status_code == 504, path
+    assert response.json() == {"error": "The model backend timed out."}
+
+
+def test_backend_refusals_pass_their_message(rig: RigFactory) -> None:
+    r = rig("--token-rate", "0")
+    r.faults(fail_next=1, fail_status=400, fail_message="bad option num_ctx", paths=["/api/chat"])
+    refused = r.post("/v1/chat/completions", CHAT)
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == "bad option num_ctx"
+    r.faults(fail_next=1, fail_status=500, paths=["/api/chat"])
+    failed = r.post("/api/chat", {**CHAT, "stream": False})
+    assert failed.status_code == 502
+    assert failed.json() == {"error": "The model backend is unavailable."}
