@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -142,9 +143,9 @@ def start_gateway(log_dir: Path, env: dict[str, str]) -> GatewayProcess:
     full_env = {
         **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
         "PYTHONUNBUFFERED": "1",
-        "GATEWAY_PORT": str(port),
         "LOG_FORMAT": "json",
         **env,
+        "GATEWAY_PORT": str(port),
     }
     log = log_dir / f"gateway-{port}.log"
     with log.open("wb") as sink:
@@ -161,7 +162,8 @@ def start_gateway(log_dir: Path, env: dict[str, str]) -> GatewayProcess:
     try:
         wait_until_healthy(process, url, log)
     except BaseException:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
         process.wait()
         raise
     return GatewayProcess(url, process, log, full_env)
@@ -187,3 +189,73 @@ def running_gateway(log_dir: Path, env: dict[str, str]) -> Iterator[GatewayProce
         yield gateway
     finally:
         stop_gateway(gateway)
+
+
+@dataclass
+class RedisServer:
+    """A private redis-server, so a test can stop and restart it."""
+
+    port: int
+    log_dir: Path
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        with (self.log_dir / f"redis-{self.port}.log").open("ab") as log:
+            self.process = self._spawn(log)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.log_dir),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return
+            time.sleep(0.02)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.process = None
+
+
+@contextmanager
+def private_redis(log_dir: Path) -> Iterator[RedisServer]:
+    server = RedisServer(free_port(), log_dir)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -102,7 +102,7 @@ async def test_wrong_secret_for_a_cached_prefix_costs_no_argon2(
     assert (await auth.authenticate(key, "10.0.0.1")).prefix == key[:12]
 
 
-async def test_failures_are_limited_before_hashing(
+async def test_failed_verifications_are_limited_before_hashing(
     engine: AsyncEngine, shared: SharedKeyCache
 ) -> None:
     auth = authenticator(engine, shared, per_prefix=3, per_address=1000)
@@ -112,14 +112,38 @@ async def test_failures_are_limited_before_hashing(
             await auth.authenticate(key[:12] + generate_key()[12:], None)
     assert auth.verifications == 3  # then refused before any argon2 run
     by_address = authenticator(engine, shared, per_prefix=1000, per_address=2)
-    for _ in range(6):
+    for _ in range(3):
+        victim = await new_key(engine)
         with pytest.raises(InvalidApiKey):
-            await by_address.authenticate(generate_key(), "203.0.113.7")  # unknown prefixes
+            await by_address.authenticate(victim[:12] + generate_key()[12:], "203.0.113.7")
+    assert by_address.verifications == 2  # the third prefix was not even hashed
     other = await new_key(engine)
     with pytest.raises(InvalidApiKey):
         await by_address.authenticate(other, "203.0.113.7")  # that address is blocked
-    assert by_address.verifications == 0
     assert (await by_address.authenticate(other, "203.0.113.8")).prefix == other[:12]
+
+
+async def test_lookups_of_absent_keys_are_cached_and_limited(
+    engine: AsyncEngine, shared: SharedKeyCache
+) -> None:
+    auth = authenticator(engine, shared, lookups_per_address=3)
+    revoked = await new_key(engine)
+    await admin.revoke_key(engine, revoked[:12])
+    # A client retrying a revoked key: one lookup, then remembered as absent.
+    for _ in range(50):
+        with pytest.raises(InvalidApiKey):
+            await auth.authenticate(revoked, "198.51.100.1")
+    good = await new_key(engine)
+    assert (await auth.authenticate(good, "198.51.100.1")).prefix == good[:12]
+    # Random prefixes cost a lookup each: limited per address.
+    for _ in range(3):
+        with pytest.raises(InvalidApiKey):
+            await auth.authenticate(generate_key(), "198.51.100.2")
+    late = await new_key(engine)
+    with pytest.raises(InvalidApiKey):
+        await auth.authenticate(late, "198.51.100.2")
+    assert (await auth.authenticate(late, "198.51.100.3")).prefix == late[:12]
+    assert auth.verifications == 2
 
 
 @pytest.mark.parametrize("text", [None, "", "nz_", "Bearer", "nz_" + "!" * 52, "x" * 500])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import tempfile
 from typing import Annotated
 
 import typer
@@ -61,6 +62,15 @@ def run_granian(config: Settings) -> None:
     os.environ["GATEWAY_HOST"] = config.gateway_host
     os.environ["GATEWAY_PORT"] = str(config.gateway_port)
     os.environ["GATEWAY_WORKERS"] = str(config.gateway_workers)
+    # Every worker writes its metrics here and /metrics sums them (prometheus-client's
+    # multiprocess mode); a fresh directory per run, so old workers' gauges are gone.
+    metrics_dir = tempfile.TemporaryDirectory(prefix="neuronetz-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
+    with metrics_dir:
+        _serve(config)
+
+
+def _serve(config: Settings) -> None:
     Server(
         APP_FACTORY,
         factory=True,

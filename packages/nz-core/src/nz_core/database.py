@@ -115,6 +115,14 @@ async def connect(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
         if _is_missing_table(exc):
             raise NotMigrated from None
         raise
+    except DBAPIError as exc:
+        # A connection the server dropped (restart, terminated backend) surfaces as
+        # whatever error the statement met; SQLAlchemy marks it as a disconnect.
+        if exc.connection_invalidated or isinstance(exc, (InterfaceError, OperationalError)):
+            if isinstance(exc, OperationalError) and _is_missing_table(exc):
+                raise NotMigrated from None
+            raise DatabaseUnreachable(describe_error(exc)) from None
+        raise
     except UNREACHABLE_ERRORS as exc:
         if isinstance(exc, OperationalError) and _is_missing_table(exc):
             raise NotMigrated from None

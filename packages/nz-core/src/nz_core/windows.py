@@ -80,8 +80,11 @@ def tokens_in_window(buckets: Mapping[int, int], now_ms: int) -> int:
 def check_tokens(buckets: Mapping[int, int], now_ms: int, limit: int) -> WindowCheck:
     """Check the token window: admitted while what is counted is below ``limit``."""
     current = token_bucket(now_ms)
+    # An emptied bucket (its reservation settled at zero) counts nothing.
     live = sorted(
-        (b, v) for b, v in buckets.items() if current - TOKEN_WINDOW_BUCKETS < b <= current
+        (b, v)
+        for b, v in buckets.items()
+        if current - TOKEN_WINDOW_BUCKETS < b <= current and v > 0
     )
     used = sum(v for _, v in live)
     oldest = live[0][0] if live else current

@@ -11,8 +11,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from nz_core.credentials import KeyPolicy
+from nz_core.limiter import Ask
+from nz_proxy.state import Settled
 
-__all__ = ["Admission", "Demand", "Ticket", "Unmetered"]
+__all__ = ["Admission", "Demand", "Ticket"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +25,7 @@ class Demand:
     inference: bool  # generation or embedding, as opposed to listing models
     prompt_estimate: int = 0
     requested_cap: int | None = None  # the completion cap the client asked for
+    journal: bytes = b""  # the audit row as admission knows it (kept by journaling stores)
 
 
 @dataclass(slots=True)
@@ -34,23 +37,22 @@ class Ticket:
     policy: KeyPolicy
     cap: int | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
+    ask: Ask | None = None  # what the state store was asked, for settlement
+    reserved: int = 0  # tokens held for it until settlement
 
 
 class Admission(Protocol):
+    @property
+    def journals(self) -> bool:
+        """Whether settle() wants the finished audit row."""
+        ...
+
     async def admit(self, policy: KeyPolicy, demand: Demand) -> Ticket:
         """Admit or refuse (``LimitExceeded``, ``BudgetExhausted``, ``GatewayUnavailable``)."""
         ...
 
-    async def settle(self, ticket: Ticket, tokens_in: int, tokens_out: int) -> None:
+    async def settle(
+        self, ticket: Ticket, tokens_in: int, tokens_out: int, journal: bytes = b""
+    ) -> Settled:
         """Replace the ticket's reservation by what was used. Called exactly once."""
         ...
-
-
-class Unmetered:
-    """Admits everything and counts nothing."""
-
-    async def admit(self, policy: KeyPolicy, demand: Demand) -> Ticket:
-        return Ticket(demand=demand, policy=policy)
-
-    async def settle(self, ticket: Ticket, tokens_in: int, tokens_out: int) -> None:
-        return None

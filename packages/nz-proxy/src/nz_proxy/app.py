@@ -10,27 +10,36 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Final, cast
 
+import sqlalchemy as sa
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from redis.asyncio import Redis
 
-from nz_core.database import create_engine
+from nz_core.database import create_engine, is_sqlite, normalize_url
 from nz_core.keys import KeyHasher
-from nz_proxy.admission import Unmetered
+from nz_proxy.audit import AuditWriter
 from nz_proxy.auth import Authenticator
 from nz_proxy.breaker import CircuitBreaker
 from nz_proxy.discovery import Discovery, MemoryCatalogueStore, RedisCatalogueStore
 from nz_proxy.errors import GatewayError, MethodNotAllowed, RouteNotFound, render
 from nz_proxy.exchange import surface_of
-from nz_proxy.gateway import Gateway
+from nz_proxy.gateway import Gateway, Job
+from nz_proxy.governor import Governor
 from nz_proxy.keycache import LocalKeyCache, MemorySharedCache, RedisSharedCache
 from nz_proxy.logs import configure_logging
+from nz_proxy.maintenance import reaper, sweeper
+from nz_proxy.metrics import Metrics
 from nz_proxy.recorder import Recorder
+from nz_proxy.revocation import ChangeListener, ChangePoller
 from nz_proxy.routes import ollama, openai, system
 from nz_proxy.settings import Settings, load_settings
+from nz_proxy.state import StateStore
+from nz_proxy.state.memory import MemoryStore
+from nz_proxy.state.redis import RedisStore
 from nz_proxy.types import ASGIApp
 from nz_proxy.upstream import Upstream
 
@@ -54,6 +63,9 @@ def build_gateway(settings: Settings) -> Gateway:
         if settings.redis_url
         else None
     )
+    store: StateStore = RedisStore(redis) if redis is not None else MemoryStore()
+    audit = AuditWriter(engine, store, settings.zone, capacity=settings.audit_buffer_rows)
+    governor = Governor(store, engine, audit, settings)
     shared_cache = (
         RedisSharedCache(redis, settings.key_cache_ttl_s)
         if redis is not None
@@ -71,17 +83,24 @@ def build_gateway(settings: Settings) -> Gateway:
         read_timeout_s=settings.upstream_read_timeout_s,
         breaker=CircuitBreaker(settings.circuit_breaker_failures, settings.circuit_breaker_reset_s),
     )
-    store = (
+    catalogue_store = (
         RedisCatalogueStore(redis, settings.model_discovery_cache_ttl_s)
         if redis is not None
         else MemoryCatalogueStore()
     )
     discovery = Discovery(
         upstream,
-        store,
+        catalogue_store,
         refresh_s=settings.model_discovery_refresh_s,
         ttl_s=settings.model_discovery_cache_ttl_s,
     )
+    jobs: list[Job] = [governor.renew_leases, partial(sweeper, engine)]
+    if redis is not None:
+        jobs.append(partial(reaper, store, audit, settings.concurrency_lease_s))
+    if is_sqlite(settings.database_url):
+        jobs.append(ChangePoller(engine, auth).run)
+    else:
+        jobs.append(ChangeListener(asyncpg_dsn(settings.database_url), engine, auth).run)
     return Gateway(
         settings=settings,
         engine=engine,
@@ -89,8 +108,17 @@ def build_gateway(settings: Settings) -> Gateway:
         auth=auth,
         discovery=discovery,
         upstream=upstream,
-        admission=Unmetered(),
+        admission=governor,
+        store=store,
+        audit=audit,
+        jobs=jobs,
     )
+
+
+def asyncpg_dsn(url: str) -> str:
+    """The database URL as asyncpg's own ``connect`` takes it (for LISTEN)."""
+    parsed = sa.make_url(normalize_url(url)).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=False)
 
 
 def _error_response(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
@@ -135,10 +163,21 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Litestar:
 
 
 def asgi_app(settings: Settings) -> ASGIApp:
-    """The application as served: Litestar inside the request recorder."""
+    """The application as served: Litestar inside the request recorder, whose every
+    finished request becomes a log line, an audit row and metrics."""
+    gateway = build_gateway(settings)
+    metrics = Metrics(
+        breaker_state=lambda: gateway.upstream.breaker.state.value,
+        audit_waiting=lambda: gateway.audit.waiting,
+        verifications=lambda: gateway.auth.verifications,
+    )
     # Litestar types its ASGI events precisely; the recorder only passes them through.
-    litestar = cast("ASGIApp", create_app(settings))
-    return Recorder(litestar, trusted=settings.networks())
+    litestar = cast("ASGIApp", create_app(settings, gateway))
+    return Recorder(
+        litestar,
+        trusted=settings.networks(),
+        observers=[gateway.audit.observe, metrics.observe],
+    )
 
 
 def app_from_env() -> ASGIApp:

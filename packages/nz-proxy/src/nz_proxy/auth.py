@@ -34,7 +34,7 @@ from nz_core.credentials import KeyPolicy, load_credentials, store_rehash
 from nz_core.errors import DatabaseUnreachable, MalformedKey
 from nz_core.keys import KeyHasher, parse_key
 from nz_proxy.errors import GatewayUnavailable, InvalidApiKey
-from nz_proxy.keycache import CachedKey, LocalKeyCache, SharedKeyCache
+from nz_proxy.keycache import CachedKey, ExpiringSet, LocalKeyCache, SharedKeyCache
 
 __all__ = ["Authenticator", "FailureLimiter", "presented_key"]
 
@@ -46,6 +46,8 @@ ARGON2_THREADS: Final = 1
 # Beyond this many verifications waiting, new ones are turned away (503, retry) rather
 # than queued for seconds.
 MAX_WAITING_VERIFICATIONS: Final = 64
+# How long a prefix without an active key is remembered as such.
+NEGATIVE_TTL_S: Final = 10.0
 
 
 def presented_key(headers: Mapping[bytes, bytes]) -> str | None:
@@ -62,9 +64,14 @@ def presented_key(headers: Mapping[bytes, bytes]) -> str | None:
 
 
 class FailureLimiter:
-    """Failed verifications per prefix and per client address, in a sliding window.
+    """Failures that cost work, counted per prefix and per client address in a sliding
+    window, and checked before that work is done again.
 
-    Per process on purpose: it guards this process's CPU against argon2 floods.
+    Only failed argon2 verifications count towards ``per_prefix`` and ``per_address``:
+    they are what an attacker who knows a prefix can make expensive. Database lookups
+    that found no active key count separately per address (``lookups_per_address``,
+    much higher), so a client retrying a revoked key cannot lock out its neighbours
+    behind the same address. Per process on purpose: it guards this process's CPU.
     """
 
     def __init__(
@@ -72,47 +79,48 @@ class FailureLimiter:
         *,
         per_prefix: int = 10,
         per_address: int = 30,
+        lookups_per_address: int = 600,
         window_s: float = 60.0,
         max_tracked: int = 100_000,
     ) -> None:
-        self.per_prefix = per_prefix
-        self.per_address = per_address
+        self.limits = {"p": per_prefix, "a": per_address, "l": lookups_per_address}
         self.window_s = window_s
         self.max_tracked = max_tracked
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
 
-    def _recent(self, subject: str, now: float) -> int:
-        times = self._failures.get(subject)
+    def _over(self, kind: str, subject: str | None) -> bool:
+        if subject is None:
+            return False
+        times = self._failures.get(f"{kind}:{subject}")
         if times is None:
-            return 0
-        while times and times[0] <= now - self.window_s:
+            return False
+        cutoff = time.monotonic() - self.window_s
+        while times and times[0] <= cutoff:
             times.popleft()
-        return len(times)
+        return len(times) >= self.limits[kind]
 
-    def blocked(self, prefix: str, address: str | None) -> bool:
-        now = time.monotonic()
-        if self._recent("p:" + prefix, now) >= self.per_prefix:
-            return True
-        return address is not None and self._recent("a:" + address, now) >= self.per_address
+    def hashing_blocked(self, prefix: str, address: str | None) -> bool:
+        return self._over("p", prefix) or self._over("a", address)
 
-    def address_blocked(self, address: str | None) -> bool:
-        return address is not None and self._recent("a:" + address, time.monotonic()) >= (
-            self.per_address
-        )
+    def lookup_blocked(self, address: str | None) -> bool:
+        return self._over("l", address)
 
-    def record(self, prefix: str | None, address: str | None) -> None:
-        now = time.monotonic()
-        for subject in (
-            "p:" + prefix if prefix else None,
-            "a:" + address if address else None,
-        ):
-            if subject is None:
-                continue
-            times = self._failures.get(subject)
-            if times is None:
-                times = self._failures[subject] = deque()
-            self._failures.move_to_end(subject)
-            times.append(now)
+    def hash_failed(self, prefix: str, address: str | None) -> None:
+        self._add("p", prefix)
+        self._add("a", address)
+
+    def lookup_missed(self, address: str | None) -> None:
+        self._add("l", address)
+
+    def _add(self, kind: str, subject: str | None) -> None:
+        if subject is None:
+            return
+        name = f"{kind}:{subject}"
+        times = self._failures.get(name)
+        if times is None:
+            times = self._failures[name] = deque()
+        self._failures.move_to_end(name)
+        times.append(time.monotonic())
         while len(self._failures) > self.max_tracked:
             self._failures.popitem(last=False)
 
@@ -135,6 +143,9 @@ class Authenticator:
         self.hasher = hasher
         self.failures = failures or FailureLimiter()
         self.limiter = CapacityLimiter(ARGON2_THREADS)
+        # Prefixes with no active key (unknown or revoked), briefly: a client retrying a
+        # revoked key costs no database lookup. Cleared with every eviction.
+        self._absent = ExpiringSet(NEGATIVE_TTL_S)
         # False while the revocation listener is down: every eviction could be missed,
         # so the per-process level is not trusted (SPEC §4.5).
         self.local_enabled = True
@@ -156,8 +167,7 @@ class Authenticator:
         try:
             parsed = parse_key(key)
         except MalformedKey:
-            self.failures.record(None, address)
-            raise InvalidApiKey from None
+            raise InvalidApiKey from None  # no work done, nothing to count
         prefix = parsed.prefix
         digest = hashlib.sha256(key.encode("ascii")).digest()
         if self.local_enabled:
@@ -170,7 +180,7 @@ class Authenticator:
             if self.local_enabled:
                 self.local.put(prefix, entry)
             return policy
-        if self.failures.blocked(prefix, address):
+        if prefix in self._absent:
             raise InvalidApiKey
         # Concurrent misses for the same key share one verification, which runs as
         # its own task so a client that hangs up does not waste the work.
@@ -192,27 +202,31 @@ class Authenticator:
     ) -> KeyPolicy:
         if hmac.compare_digest(entry.digest, digest):
             return entry.policy
-        # A known prefix with the wrong secret: refused without any hashing.
-        self.failures.record(prefix, address)
-        raise InvalidApiKey
+        raise InvalidApiKey  # a cached prefix with the wrong secret: refused, no hashing
 
     async def _verify(self, key: str, prefix: str, digest: bytes, address: str | None) -> KeyPolicy:
         if self.limiter.statistics().tasks_waiting >= MAX_WAITING_VERIFICATIONS:
             raise GatewayUnavailable("key verification queue")
+        if self.failures.lookup_blocked(address):
+            raise InvalidApiKey
         epoch = self.epoch
         try:
             credentials = await load_credentials(self.engine, prefix)
         except DatabaseUnreachable:
             raise GatewayUnavailable("database") from None
         if credentials is None:
-            self.failures.record(prefix, address)
+            self.failures.lookup_missed(address)
+            if epoch == self.epoch:
+                self._absent.add(prefix)
+            raise InvalidApiKey
+        if self.failures.hashing_blocked(prefix, address):
             raise InvalidApiKey
         self.verifications += 1
         valid = await anyio.to_thread.run_sync(
             self.hasher.verify, credentials.hash, key, limiter=self.limiter
         )
         if not valid:
-            self.failures.record(prefix, address)
+            self.failures.hash_failed(prefix, address)
             raise InvalidApiKey
         entry = CachedKey(digest=digest, policy=credentials.policy)
         if epoch == self.epoch:  # no revocation or policy change raced this read
@@ -237,19 +251,20 @@ class Authenticator:
 
     async def evict(self, prefix: str) -> None:
         """Forget ``prefix`` in both levels (revocation or policy change)."""
-        self.epoch += 1
-        self.local.evict(prefix)
+        self.evict_local(prefix)
         await self.shared.evict(prefix)
 
     def evict_local(self, prefix: str) -> None:
         self.epoch += 1
         self.local.evict(prefix)
+        self._absent.discard(prefix)
 
     def suspend_local(self) -> None:
         """The listener is down: drop the per-process level and stop using it."""
         self.epoch += 1
         self.local_enabled = False
         self.local.clear()
+        self._absent.clear()
 
     def resume_local(self) -> None:
         self.local_enabled = True

@@ -63,6 +63,8 @@ class GatewayError(Exception):
         self.message = message
         # Milliseconds until a retry can succeed; None when waiting does not help.
         self.retry_after_ms = retry_after_ms
+        # Headers the refusal carries besides Retry-After (rate-limit state, SPEC §6.5).
+        self.extra_headers: list[tuple[bytes, bytes]] = []
 
     def ollama_message(self) -> str:
         """The flat message of Ollama's error shape."""

@@ -119,6 +119,8 @@ class Exchange:
     error: str | None = None
     # False for probes (/healthz, /metrics, ...) that are not API traffic.
     audited: bool = True
+    # Its row was also journaled beside its reservation: release it once written.
+    journaled: bool = False
 
     @classmethod
     def begin(cls, scope: Scope, trusted: Sequence[Network]) -> Exchange:

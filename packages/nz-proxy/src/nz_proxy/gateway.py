@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
-from contextlib import suppress
+from collections.abc import Callable, Coroutine, Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Any
 
+import structlog
 from redis.asyncio import Redis
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -14,11 +16,17 @@ from nz_core.credentials import KeyPolicy
 from nz_core.errors import MalformedKey
 from nz_core.keys import parse_key
 from nz_proxy.admission import Admission
+from nz_proxy.audit import AuditWriter
 from nz_proxy.auth import Authenticator, presented_key
 from nz_proxy.discovery import Discovery
 from nz_proxy.exchange import Exchange
 from nz_proxy.settings import Settings
+from nz_proxy.state import StateStore
 from nz_proxy.upstream import Upstream
+
+log = structlog.get_logger("nz_proxy.gateway")
+
+Job = Callable[[], Coroutine[Any, Any, None]]
 
 __all__ = ["Gateway"]
 
@@ -32,21 +40,49 @@ class Gateway:
     discovery: Discovery
     upstream: Upstream
     admission: Admission
+    store: StateStore
+    audit: AuditWriter
+    # Background work the composition root chose for this storage mode.
+    jobs: list[Job] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _in_flight: int = 0
+    _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
         """Open the backend session and start the background work."""
+        self._idle.set()
         await self.upstream.start()
         # The first discovery runs before serving: a fresh process knows the models.
         await self.discovery.refresh()
-        self._tasks.append(asyncio.create_task(self.discovery.run(), name="discovery"))
+        for job in [self.discovery.run, self.audit.run, *self.jobs]:
+            self._tasks.append(asyncio.create_task(job()))
 
-    async def stop(self) -> None:
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Count an admitted request until it is settled, for a graceful stop."""
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if self._in_flight == 0:
+                self._idle.set()
+
+    async def stop(self, grace_s: float = 25.0) -> None:
+        """Let admitted requests finish and settle, write the audit log and the ledger,
+        then close everything (SIGTERM)."""
+        if self._in_flight:
+            log.info("draining", in_flight=self._in_flight)
+            with suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.audit.drain(timeout_s=10.0)
         await self.upstream.close()
+        await self.store.close()
         if self.redis is not None:
             await self.redis.aclose()
         await self.engine.dispose()

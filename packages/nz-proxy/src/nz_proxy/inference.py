@@ -31,6 +31,7 @@ from nz_proxy.answers import (
     NativeAnswer,
     StreamingAnswer,
 )
+from nz_proxy.audit import PromptRecord, encode_row, row_of
 from nz_proxy.body import ClientGone, parse_json_object, read_body
 from nz_proxy.disconnect import DisconnectWatch
 from nz_proxy.errors import (
@@ -46,7 +47,9 @@ from nz_proxy.errors import (
 from nz_proxy.exchange import Exchange, exchange_of
 from nz_proxy.framing import NdjsonSplitter
 from nz_proxy.gateway import Gateway
+from nz_proxy.promptlog import Transcript
 from nz_proxy.responses import send_bytes, send_error, start
+from nz_proxy.state import Settled
 from nz_proxy.translate import (
     apply_completion_cap,
     chat_request,
@@ -188,11 +191,13 @@ async def serve_inference(
         exchange.stream = prepared.stream
         if not may_use(policy.models, gateway.discovery.require().names, model):
             raise ModelNotAllowed
+        estimate = estimate_prompt_tokens(*prompt_text_bytes(prepared.native))
         demand = Demand(
             request_key=exchange.id.hex,
             inference=True,
-            prompt_estimate=estimate_prompt_tokens(*prompt_text_bytes(prepared.native)),
+            prompt_estimate=estimate,
             requested_cap=requested_completion_cap(prepared.native),
+            journal=_admission_row(gateway, exchange, estimate),
         )
         ticket = await gateway.admission.admit(policy, demand)
     except GatewayError as error:
@@ -202,7 +207,41 @@ async def serve_inference(
     except ClientGone:
         exchange.status = 499
         return
-    await _forward(gateway, endpoint, prepared, ticket, exchange, receive, send)
+    transcript = Transcript() if policy.prompt_log else None
+    with gateway.in_flight():
+        await _forward(gateway, endpoint, prepared, ticket, exchange, receive, send, transcript)
+    if transcript is not None:
+        _log_prompt(gateway, exchange, raw, transcript)
+
+
+def _admission_row(gateway: Gateway, exchange: Exchange, estimate: int) -> bytes:
+    """The audit row a journaling store keeps with the reservation: should this
+    process die before settling, the request is audited as failed, at its reservation
+    (the reaper sets the completion part)."""
+    if not gateway.admission.journals:
+        return b""
+    exchange.tokens_in = estimate
+    row = row_of(exchange, status=500)
+    exchange.tokens_in = 0
+    return encode_row(row)
+
+
+def _log_prompt(gateway: Gateway, exchange: Exchange, raw: bytes, transcript: Transcript) -> None:
+    policy = exchange.policy
+    if policy is None:
+        return
+    retention = policy.prompt_log_retention_days
+    gateway.audit.record_prompt(
+        PromptRecord(
+            id=exchange.id.bytes,
+            request_id=exchange.request_id,
+            key_id=policy.key_id,
+            ts_us=int(exchange.ts.timestamp() * 1_000_000),
+            request_body=raw.decode("utf-8", "replace"),
+            response_text=transcript.text,
+            retention_days=retention or gateway.settings.prompt_log_default_retention_days,
+        )
+    )
 
 
 async def _forward(
@@ -213,6 +252,7 @@ async def _forward(
     exchange: Exchange,
     receive: Receive,
     send: Send,
+    transcript: Transcript | None,
 ) -> None:
     """Everything after admission; the ticket is settled exactly once on every path."""
     answer = prepared.answer
@@ -228,9 +268,12 @@ async def _forward(
                 raise await upstream_error(reply)
             answered = True
             if prepared.streamer is not None:
-                await _stream(reply, prepared.streamer, ticket, exchange, watch, send)
+                await _stream(reply, prepared.streamer, ticket, exchange, watch, send, transcript)
             else:
-                body = answer.whole(await reply.read())
+                native = await reply.read()
+                if transcript is not None:
+                    transcript.feed(native)
+                body = answer.whole(native)
                 watch.disarm()
                 exchange.first_byte()
                 await send_bytes(send, 200, body, answer.whole_media, ticket.headers)
@@ -255,7 +298,21 @@ async def _forward(
         tokens_in, tokens_out = answer.usage(ticket.demand.prompt_estimate) if answered else (0, 0)
         exchange.tokens_in, exchange.tokens_out = tokens_in, tokens_out
         # Settlement must not be lost to a cancellation arriving meanwhile.
-        await asyncio.shield(gateway.admission.settle(ticket, tokens_in, tokens_out))
+        await asyncio.shield(_settle(gateway, ticket, exchange))
+
+
+async def _settle(gateway: Gateway, ticket: Ticket, exchange: Exchange) -> None:
+    admission = gateway.admission
+    journal = b""
+    if admission.journals:
+        journal = encode_row(row_of(exchange, status=exchange.status or 499))
+        exchange.journaled = True
+    outcome = await admission.settle(ticket, exchange.tokens_in, exchange.tokens_out, journal)
+    if outcome is Settled.ABANDONED:
+        # Its lease ran out and another process settled it at its reservation; the
+        # audit row must say the same, or the ledger and the counters would disagree.
+        exchange.tokens_in = ticket.demand.prompt_estimate
+        exchange.tokens_out = max(0, ticket.reserved - ticket.demand.prompt_estimate)
 
 
 async def _stream(
@@ -265,13 +322,18 @@ async def _stream(
     exchange: Exchange,
     watch: DisconnectWatch,
     send: Send,
+    transcript: Transcript | None,
 ) -> None:
     await start(send, answer.stream_media, ticket.headers)
     splitter = NdjsonSplitter(max_line=MAX_FRAME_BYTES)
     failure: str | None = None
     try:
         async for chunk in reply.chunks():
-            out = b"".join(answer.line(line) for line in splitter.feed(chunk))
+            lines = splitter.feed(chunk)
+            if transcript is not None:
+                for line in lines:
+                    transcript.feed(line)
+            out = b"".join(answer.line(line) for line in lines)
             if out:
                 exchange.first_byte()
                 await send({"type": "http.response.body", "body": out, "more_body": True})

@@ -20,7 +20,14 @@ from redis.exceptions import RedisError
 from nz_core.credentials import KeyPolicy
 from nz_proxy.errors import GatewayUnavailable
 
-__all__ = ["CachedKey", "LocalKeyCache", "MemorySharedCache", "RedisSharedCache", "SharedKeyCache"]
+__all__ = [
+    "CachedKey",
+    "ExpiringSet",
+    "LocalKeyCache",
+    "MemorySharedCache",
+    "RedisSharedCache",
+    "SharedKeyCache",
+]
 
 
 class CachedKey(msgspec.Struct, frozen=True):
@@ -60,6 +67,36 @@ class LocalKeyCache:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class ExpiringSet:
+    """Prefixes remembered for a while (the ones with no active key)."""
+
+    def __init__(self, ttl_s: float, max_entries: int = 100_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._until: OrderedDict[str, float] = OrderedDict()
+
+    def __contains__(self, prefix: str) -> bool:
+        until = self._until.get(prefix)
+        if until is None:
+            return False
+        if until <= time.monotonic():
+            del self._until[prefix]
+            return False
+        return True
+
+    def add(self, prefix: str) -> None:
+        self._until[prefix] = time.monotonic() + self.ttl_s
+        self._until.move_to_end(prefix)
+        while len(self._until) > self.max_entries:
+            self._until.popitem(last=False)
+
+    def discard(self, prefix: str) -> None:
+        self._until.pop(prefix, None)
+
+    def clear(self) -> None:
+        self._until.clear()
 
 
 class SharedKeyCache(Protocol):

@@ -59,6 +59,7 @@ async def send_error(
     send: Send, error: GatewayError, surface: Surface, extra: Iterable[tuple[bytes, bytes]] = ()
 ) -> None:
     headers = [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
+    headers += error.extra_headers
     await send_bytes(send, error.status, render(error, surface), headers=[*headers, *extra])
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import msgspec
 from litestar.handlers import asgi
 
+from nz_proxy.errors import MethodNotAllowed, RouteNotFound, Surface
 from nz_proxy.exchange import exchange_of
 from nz_proxy.health import readiness
-from nz_proxy.errors import MethodNotAllowed
+from nz_proxy.metrics import CONTENT_TYPE
+from nz_proxy.metrics import render as render_metrics
 from nz_proxy.responses import send_bytes, send_error
 from nz_proxy.routes import gateway_of
 from nz_proxy.types import Receive, Scope, Send
@@ -40,4 +44,26 @@ async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
     await send_bytes(send, 200 if ready else 503, body)
 
 
-ROUTES = [healthz, readyz]
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+
+
+@asgi("/metrics", is_mount=False, copy_scope=False)
+async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+    """Prometheus text, for loopback clients only: the peer itself, never a forwarded
+    address, must be local (SPEC §3)."""
+    if not await _probe(scope, send):
+        return
+    client = scope.get("client")
+    try:
+        local = client is not None and any(
+            ipaddress.ip_address(client[0]) in network for network in _LOOPBACK
+        )
+    except ValueError:
+        local = False
+    if not local:
+        await send_error(send, RouteNotFound(), Surface.PLAIN)
+        return
+    await send_bytes(send, 200, render_metrics(), CONTENT_TYPE)
+
+
+ROUTES = [healthz, readyz, metrics]

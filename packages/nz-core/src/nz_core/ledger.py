@@ -1,0 +1,146 @@
+"""The audit log and the budget ledger, written together (SPEC §4.8).
+
+:func:`record` takes a batch of finished requests and, in one transaction, inserts their
+audit rows (idempotent on the row id, so a retried or re-reaped batch counts once),
+adds the tokens of the rows that were new to ``budget_usage`` for the day, the month and
+all time of each request, notes ``last_used_at``, and stores opted-in prompts. The
+ledger therefore always equals the sum of the audit tokens, and it is the source of
+truth from which live budget counters are rebuilt (:func:`period_tokens`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from nz_core.budgets import Period, period_bounds
+from nz_core.database import connect
+from nz_core.schema import api_keys, audit_log, budget_usage, prompt_log
+
+__all__ = ["AUDIT_COLUMNS", "delete_expired_prompts", "period_tokens", "record"]
+
+AUDIT_COLUMNS = tuple(column.name for column in audit_log.columns)
+
+
+def _insert(engine: AsyncEngine, table: sa.Table) -> Any:
+    dialect = postgresql if engine.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
+
+
+def ledger_deltas(
+    rows: Iterable[Mapping[str, Any]], tz: ZoneInfo
+) -> dict[tuple[int, str, datetime], int]:
+    """Tokens per (key id, period, period start) for the rows' own timestamps."""
+    deltas: dict[tuple[int, str, datetime], int] = defaultdict(int)
+    for row in rows:
+        tokens = int(row["tokens_in"]) + int(row["tokens_out"])
+        if row.get("key_id") is None or tokens <= 0:
+            continue
+        for period in Period:
+            start, _ = period_bounds(period, row["ts"], tz)
+            deltas[(row["key_id"], period.value, start)] += tokens
+    return dict(deltas)
+
+
+async def record(
+    engine: AsyncEngine,
+    rows: Sequence[Mapping[str, Any]],
+    tz: ZoneInfo,
+    prompts: Sequence[Mapping[str, Any]] = (),
+) -> set[uuid.UUID]:
+    """Write a batch of finished requests; returns the ids that were not there yet.
+
+    Each row has the audit columns plus ``key_id`` (``None`` when no key was verified).
+
+    Raises:
+        DatabaseUnreachable: nothing was written.
+    """
+    if not rows and not prompts:
+        return set()
+    # The same request can arrive twice in one batch (its own row and a reaped copy):
+    # the first one counts.
+    unique: dict[Any, Mapping[str, Any]] = {}
+    for row in rows:
+        unique.setdefault(row["id"], row)
+    rows = list(unique.values())
+    async with connect(engine) as conn:
+        inserted: set[uuid.UUID] = set()
+        if rows:
+            statement = (
+                _insert(engine, audit_log)
+                .on_conflict_do_nothing(index_elements=["id"])
+                .returning(audit_log.c.id)
+            )
+            values = [{name: row[name] for name in AUDIT_COLUMNS} for row in rows]
+            result = await conn.execute(statement, values)
+            inserted = {row_id for (row_id,) in result.all()}
+        fresh = [row for row in rows if row["id"] in inserted]
+        deltas = ledger_deltas(fresh, tz)
+        if deltas:
+            upsert = _insert(engine, budget_usage)
+            upsert = upsert.on_conflict_do_update(
+                index_elements=["key_id", "period", "period_start"],
+                set_={"tokens": budget_usage.c.tokens + upsert.excluded.tokens},
+            )
+            await conn.execute(
+                upsert,
+                [
+                    {"key_id": key, "period": period, "period_start": start, "tokens": tokens}
+                    for (key, period, start), tokens in sorted(deltas.items())
+                ],
+            )
+        last_used: dict[int, datetime] = {}
+        for row in fresh:
+            key_id = row.get("key_id")
+            if key_id is not None and (key_id not in last_used or row["ts"] > last_used[key_id]):
+                last_used[key_id] = row["ts"]
+        if last_used:
+            await conn.execute(
+                api_keys.update()
+                .where(
+                    api_keys.c.id == sa.bindparam("key"),
+                    sa.or_(
+                        api_keys.c.last_used_at.is_(None),
+                        api_keys.c.last_used_at < sa.bindparam("seen"),
+                    ),
+                )
+                .values(last_used_at=sa.bindparam("seen")),
+                [{"key": key, "seen": seen} for key, seen in sorted(last_used.items())],
+            )
+        if prompts:
+            await conn.execute(
+                _insert(engine, prompt_log).on_conflict_do_nothing(index_elements=["id"]),
+                list(prompts),
+            )
+    return inserted
+
+
+async def period_tokens(engine: AsyncEngine, key_id: int, period: Period, start: datetime) -> int:
+    """The tokens the ledger holds for one key and period (0 when none)."""
+    async with connect(engine) as conn:
+        value = await conn.scalar(
+            sa.select(budget_usage.c.tokens).where(
+                budget_usage.c.key_id == key_id,
+                budget_usage.c.period == period.value,
+                budget_usage.c.period_start == start,
+            )
+        )
+    return int(value or 0)
+
+
+async def delete_expired_prompts(engine: AsyncEngine, now: datetime, limit: int = 5000) -> int:
+    """Delete up to ``limit`` prompt-log rows past their retention; returns how many."""
+    async with connect(engine) as conn:
+        expired = (
+            sa.select(prompt_log.c.id).where(prompt_log.c.expires_at < now).limit(limit)
+        ).scalar_subquery()
+        result = await conn.execute(prompt_log.delete().where(prompt_log.c.id.in_(expired)))
+    return int(result.rowcount or 0)

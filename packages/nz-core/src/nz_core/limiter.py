@@ -1,0 +1,214 @@
+"""The admission decision for one API key, as a plain reference model (SPEC §4.4).
+
+:class:`KeyState` keeps one key's state in the simplest structures that can hold it
+(lists and dicts) and decides with the arithmetic of :mod:`nz_core.windows` and
+:mod:`nz_core.budgets`. It is what the production state stores (Redis scripts, the
+in-process store) are property-tested against: fed the same operations at the same
+times, they must make the same decisions.
+
+One admission checks, in order: the request window (``rpm``), then for inference the
+concurrency leases, the token window (``tpm``) and every budget period; a request is
+refused by the first that cannot take it, and nothing is recorded. An admitted
+inference request holds a lease and a reservation until it is settled; settlement
+replaces the reservation with the tokens actually used, exactly once. A reservation
+whose lease ran out unsettled stays counted at its reserved amount.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from nz_core.budgets import Period, PeriodState, binding_period, blocking_period
+from nz_core.limits import Limits
+from nz_core.windows import (
+    REQUEST_WINDOW_MS,
+    TOKEN_WINDOW_BUCKETS,
+    WindowCheck,
+    check_concurrency,
+    check_requests,
+    check_tokens,
+    token_bucket,
+)
+
+__all__ = ["Ask", "BudgetLine", "Decision", "KeyState", "Reservation"]
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetLine:
+    """One configured budget period of a key: its limit, the identity of the counter
+    that holds the current period's usage (e.g. ``"day:1764115200"``), and how long
+    that counter must live (0: for ever, as ``total`` never resets)."""
+
+    period: Period
+    limit: int
+    counter: str
+    ttl_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Ask:
+    """What one request asks of its key."""
+
+    rid: str
+    inference: bool
+    limits: Limits
+    budgets: tuple[BudgetLine, ...] = ()
+    prompt_estimate: int = 0
+    requested_cap: int | None = None
+    default_cap: int = 4096
+    lease_ms: int = 30_000
+
+    @property
+    def reserves(self) -> bool:
+        """Whether this request reserves tokens: only inference, and only where tokens
+        are counted (a token window or a budget)."""
+        return self.inference and (self.limits.tpm is not None or bool(self.budgets))
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The outcome of one admission.
+
+    ``reason`` is ``None`` when admitted, else ``"rpm"``, ``"concurrency"``, ``"tpm"`` or
+    ``"budget"``; ``blocking`` is then the budget period a retry must wait for.
+    ``missing`` lists budget counters that are unknown and must be seeded first (from
+    the ledger); nothing was decided then. ``budget_states`` are after the reservation.
+    """
+
+    admitted: bool
+    reason: str | None = None
+    retry_after_ms: int | None = None
+    blocking: Period | None = None
+    cap: int | None = None
+    reserved: int = 0
+    requests: WindowCheck | None = None
+    tokens: WindowCheck | None = None
+    budget_states: tuple[PeriodState, ...] = ()
+    missing: tuple[BudgetLine, ...] = ()
+
+    @property
+    def binding(self) -> PeriodState | None:
+        return binding_period(self.budget_states)
+
+
+@dataclass(slots=True)
+class Reservation:
+    reserved: int
+    bucket: int
+    counters: tuple[str, ...]
+
+
+@dataclass
+class KeyState:
+    """Everything one key's admission depends on."""
+
+    admitted_at: list[int] = field(default_factory=list)  # inside the request window
+    buckets: dict[int, int] = field(default_factory=dict)  # token window
+    leases: dict[str, int] = field(default_factory=dict)  # rid → expiry
+    counters: dict[str, int] = field(default_factory=dict)  # budget counter → tokens
+    pending: dict[str, Reservation] = field(default_factory=dict)
+
+    def seed(self, counter: str, tokens: int) -> None:
+        """Set an unknown counter (from the ledger); a known one is left alone."""
+        self.counters.setdefault(counter, tokens)
+
+    def admit(self, ask: Ask, now_ms: int) -> Decision:
+        requests = tokens = None
+        if ask.limits.rpm is not None:
+            requests = check_requests(self.admitted_at, now_ms, ask.limits.rpm)
+            if not requests.allowed:
+                return Decision(False, "rpm", requests.retry_after_ms, requests=requests)
+        if ask.inference:
+            if ask.limits.concurrent is not None:
+                concurrency = check_concurrency(self.leases.values(), now_ms, ask.limits.concurrent)
+                if not concurrency.allowed:
+                    return Decision(False, "concurrency", concurrency.retry_after_ms)
+            if ask.limits.tpm is not None:
+                tokens = check_tokens(self.buckets, now_ms, ask.limits.tpm)
+                if not tokens.allowed:
+                    return Decision(
+                        False, "tpm", tokens.retry_after_ms, requests=requests, tokens=tokens
+                    )
+        budgets = ask.budgets if ask.inference else ()
+        missing = tuple(b for b in budgets if b.counter not in self.counters)
+        if missing:
+            return Decision(False, missing=missing)
+        cap: int | None = None
+        reserved = 0
+        if ask.reserves:
+            states = tuple(
+                PeriodState(b.period, b.limit, self.counters[b.counter]) for b in budgets
+            )
+            requested = ask.requested_cap if ask.requested_cap and ask.requested_cap > 0 else None
+            if budgets:
+                remaining = min(s.remaining for s in states)
+                cap = (
+                    requested
+                    if requested is not None
+                    else min(ask.default_cap, remaining - ask.prompt_estimate)
+                )
+                if cap < 1 or ask.prompt_estimate + cap > remaining:
+                    blocker = blocking_period(states, ask.prompt_estimate + max(cap, 1))
+                    return Decision(False, "budget", blocking=blocker.period if blocker else None)
+            else:
+                cap = requested if requested is not None else ask.default_cap
+            reserved = ask.prompt_estimate + cap
+        # Admitted: record it.
+        if ask.limits.rpm is not None:
+            self.admitted_at.append(now_ms)
+        if ask.inference:
+            self.leases[ask.rid] = now_ms + ask.lease_ms
+            bucket = token_bucket(now_ms)
+            if ask.limits.tpm is not None and reserved:
+                self.buckets[bucket] = self.buckets.get(bucket, 0) + reserved
+            for line in budgets:
+                self.counters[line.counter] += reserved
+            self.pending[ask.rid] = Reservation(reserved, bucket, tuple(b.counter for b in budgets))
+        # Listings reserve nothing but still report the budgets whose counters exist.
+        shown = budgets if ask.inference else [b for b in ask.budgets if b.counter in self.counters]
+        after = tuple(PeriodState(b.period, b.limit, self.counters[b.counter]) for b in shown)
+        return Decision(
+            True,
+            cap=cap,
+            reserved=reserved,
+            requests=requests,
+            tokens=tokens,
+            budget_states=after,
+        )
+
+    def settle(self, rid: str, tokens: int, now_ms: int, *, counts_tokens: bool) -> bool:
+        """Replace ``rid``'s reservation by ``tokens``. False when there is nothing to
+        settle (already settled, or never admitted)."""
+        reservation = self.pending.pop(rid, None)
+        self.leases.pop(rid, None)
+        if reservation is None:
+            return False
+        delta = tokens - reservation.reserved
+        for counter in reservation.counters:
+            if counter in self.counters:
+                self.counters[counter] = max(0, self.counters[counter] + delta)
+        if counts_tokens:
+            # The reservation leaves the bucket it was counted in; what was used counts now.
+            left = self.buckets.get(reservation.bucket, 0) - reservation.reserved
+            if left > 0:
+                self.buckets[reservation.bucket] = left
+            else:
+                self.buckets.pop(reservation.bucket, None)
+            if tokens:
+                current = token_bucket(now_ms)
+                self.buckets[current] = self.buckets.get(current, 0) + tokens
+        return True
+
+    def renew(self, rid: str, now_ms: int, lease_ms: int) -> bool:
+        """Extend a live lease (long streams); False when it is gone. An expired lease
+        stays expired: its slot may already be someone else's."""
+        if self.leases.get(rid, now_ms) <= now_ms:
+            return False
+        self.leases[rid] = now_ms + lease_ms
+        return True
+
+    def forget_old(self, now_ms: int) -> None:
+        """Drop what no window can count any more (the stores expire it alike)."""
+        self.admitted_at = [t for t in self.admitted_at if t > now_ms - REQUEST_WINDOW_MS]
+        oldest = token_bucket(now_ms) - TOKEN_WINDOW_BUCKETS
+        self.buckets = {b: v for b, v in self.buckets.items() if b > oldest}

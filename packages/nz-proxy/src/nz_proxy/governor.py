@@ -1,0 +1,224 @@
+"""Admission with limits and budgets (SPEC §4.4): :class:`Governor` implements
+:class:`nz_proxy.admission.Admission` over a :class:`~nz_proxy.state.StateStore`.
+
+Per request it builds the key's budget periods (calendar day and month in
+``BUDGET_TIMEZONE``, and all time), asks the store once, and turns the decision into
+either a ticket with the headers of SPEC §6.5, or a 429 with ``Retry-After``. A budget
+counter the store does not know (Redis restarted, a new period began) is rebuilt from
+the ledger first. Settlement is one more store call. Leases of requests still running
+are renewed in one batch every third of the lease time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime
+from typing import Final
+
+import structlog
+from redis.exceptions import RedisError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from nz_core.budgets import Period, period_bounds, seconds_until_reset
+from nz_core.credentials import KeyPolicy
+from nz_core.errors import DatabaseUnreachable
+from nz_core.ledger import period_tokens
+from nz_core.limiter import Ask, BudgetLine, Decision
+from nz_proxy.admission import Demand, Ticket
+from nz_proxy.audit import AuditWriter
+from nz_proxy.errors import BudgetExhausted, GatewayError, GatewayUnavailable, LimitExceeded
+from nz_proxy.settings import Settings
+from nz_proxy.state import Settled, StateStore
+
+__all__ = ["Governor", "duration", "rate_headers"]
+
+log = structlog.get_logger("nz_proxy.governor")
+
+# A budget counter outlives its period by a day, so late settlements still find it.
+COUNTER_GRACE_MS: Final = 86_400_000
+
+
+def duration(ms: int) -> str:
+    """A wait as OpenAI writes it in ``x-ratelimit-reset-*``: ``20ms``, ``1.5s``, ``6m0s``."""
+    ms = max(0, ms)
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    minutes, seconds = divmod(math.ceil(ms / 1000), 60)
+    return f"{minutes}m{seconds}s"
+
+
+def rate_headers(policy: KeyPolicy, decision: Decision) -> list[tuple[bytes, bytes]]:
+    """SPEC §6.5: what is left as of admission. Unlimited limits send no headers."""
+    headers: list[tuple[bytes, bytes]] = []
+    requests, tokens = decision.requests, decision.tokens
+    if policy.limits.rpm is not None and requests is not None:
+        headers += [
+            (b"x-ratelimit-limit-requests", str(policy.limits.rpm).encode()),
+            (b"x-ratelimit-remaining-requests", str(requests.remaining).encode()),
+            (b"x-ratelimit-reset-requests", duration(requests.reset_ms).encode()),
+        ]
+    if policy.limits.tpm is not None and tokens is not None:
+        left = max(0, tokens.remaining - decision.reserved) if tokens.allowed else 0
+        headers += [
+            (b"x-ratelimit-limit-tokens", str(policy.limits.tpm).encode()),
+            (b"x-ratelimit-remaining-tokens", str(left).encode()),
+            (b"x-ratelimit-reset-tokens", duration(tokens.reset_ms).encode()),
+        ]
+    binding = decision.binding
+    if binding is not None:
+        headers += [
+            (b"x-budget-period", binding.period.value.encode()),
+            (b"x-budget-tokens-remaining", str(binding.remaining).encode()),
+        ]
+    return headers
+
+
+class Governor:
+    def __init__(
+        self,
+        store: StateStore,
+        engine: AsyncEngine,
+        audit: AuditWriter,
+        settings: Settings,
+    ) -> None:
+        self.store = store
+        self.engine = engine
+        self.audit = audit
+        self.tz = settings.zone
+        self.default_cap = settings.budget_default_completion_cap
+        self.lease_ms = int(settings.concurrency_lease_s * 1000)
+        self._running: dict[str, tuple[str, Ask]] = {}  # rid → (prefix, ask)
+
+    @property
+    def journals(self) -> bool:
+        """Whether settlement should carry the audit row (the store keeps a journal)."""
+        return self.store.journals
+
+    def budget_lines(self, policy: KeyPolicy, now: datetime) -> tuple[BudgetLine, ...]:
+        lines = []
+        for period, limit in policy.budgets.limits().items():
+            start, end = period_bounds(period, now, self.tz)
+            ttl = 0 if end is None else int((end - now).total_seconds() * 1000) + COUNTER_GRACE_MS
+            lines.append(BudgetLine(period, limit, f"{period.value}:{int(start.timestamp())}", ttl))
+        return tuple(lines)
+
+    async def admit(self, policy: KeyPolicy, demand: Demand) -> Ticket:
+        if self.audit.full:
+            raise GatewayUnavailable("audit log")
+        now = datetime.now(UTC)
+        budgets = self.budget_lines(policy, now)
+        if not demand.inference and policy.limits.rpm is None and not budgets:
+            return Ticket(demand=demand, policy=policy)  # nothing to count or report
+        ask = Ask(
+            rid=demand.request_key,
+            inference=demand.inference,
+            limits=policy.limits,
+            budgets=budgets,
+            prompt_estimate=demand.prompt_estimate,
+            requested_cap=demand.requested_cap,
+            default_cap=self.default_cap,
+            lease_ms=self.lease_ms,
+        )
+        decision = await self._decide(policy, ask, demand.journal, now)
+        headers = rate_headers(policy, decision)
+        if not decision.admitted:
+            raise self._refusal(decision, headers, now)
+        if ask.inference:
+            self._running[ask.rid] = (policy.prefix, ask)
+        return Ticket(
+            demand=demand,
+            policy=policy,
+            cap=decision.cap,
+            headers=headers,
+            ask=ask,
+            reserved=decision.reserved,
+        )
+
+    async def _decide(self, policy: KeyPolicy, ask: Ask, journal: bytes, now: datetime) -> Decision:
+        for _ in range(3):
+            try:
+                decision = await self.store.admit(policy.prefix, ask, journal)
+            except RedisError:
+                raise GatewayUnavailable("redis") from None
+            if not decision.missing:
+                return decision
+            for line in decision.missing:
+                await self._rebuild(policy, line, now)
+        raise GatewayUnavailable("budget counters")
+
+    async def _rebuild(self, policy: KeyPolicy, line: BudgetLine, now: datetime) -> None:
+        """A counter the store lost or never had: the ledger, plus what this process
+        has not written to it yet."""
+        start, _ = period_bounds(line.period, now, self.tz)
+        try:
+            tokens = await period_tokens(self.engine, policy.key_id, line.period, start)
+        except DatabaseUnreachable:
+            raise GatewayUnavailable("database") from None
+        tokens += self.audit.pending_tokens(policy.key_id, line.period, start)
+        try:
+            await self.store.seed(policy.prefix, line.counter, tokens, line.ttl_ms)
+        except RedisError:
+            raise GatewayUnavailable("redis") from None
+        log.info(
+            "budget_counter_rebuilt", key_prefix=policy.prefix, period=line.period, tokens=tokens
+        )
+
+    def _refusal(
+        self, decision: Decision, headers: list[tuple[bytes, bytes]], now: datetime
+    ) -> GatewayError:
+        error: GatewayError
+        wait = decision.retry_after_ms or 1000
+        if decision.reason == "rpm":
+            error = LimitExceeded(
+                "rpm_exceeded", "Request rate limit reached.", retry_after_ms=wait
+            )
+        elif decision.reason == "tpm":
+            error = LimitExceeded("tpm_exceeded", "Token rate limit reached.", retry_after_ms=wait)
+        elif decision.reason == "concurrency":
+            error = LimitExceeded(
+                "concurrency_exceeded", "Too many requests in flight.", retry_after_ms=wait
+            )
+        else:
+            period = decision.blocking or Period.TOTAL
+            reset = seconds_until_reset(period, now, self.tz)
+            error = BudgetExhausted(
+                period.value, retry_after_ms=None if reset is None else math.ceil(reset * 1000)
+            )
+        error.extra_headers = headers
+        return error
+
+    async def settle(
+        self, ticket: Ticket, tokens_in: int, tokens_out: int, journal: bytes = b""
+    ) -> Settled:
+        ask = ticket.ask
+        if ask is None or not ask.inference:
+            return Settled.SETTLED  # only inference reserves anything
+        self._running.pop(ask.rid, None)
+        try:
+            return await self.store.settle(
+                ticket.policy.prefix, ask, tokens_in + tokens_out, journal
+            )
+        except RedisError:
+            # The reservation stays counted (the safe side) and its journal entry will
+            # be reaped once its lease runs out; the audit row goes through this process.
+            log.warning("settle_failed", key_prefix=ticket.policy.prefix, rid=ask.rid)
+            return Settled.UNKNOWN
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    async def renew_leases(self) -> None:
+        """Renew every running request's lease, every third of the lease time."""
+        while True:
+            await asyncio.sleep(self.lease_ms / 3000)
+            leases = list(self._running.values())
+            if not leases:
+                continue
+            try:
+                await self.store.renew(leases)
+            except RedisError:
+                log.warning("lease_renewal_failed", leases=len(leases))

@@ -1,0 +1,117 @@
+"""Prometheus metrics (SPEC §10), correct across several Granian workers.
+
+Every worker writes to ``PROMETHEUS_MULTIPROC_DIR`` (``serve`` sets it up) and the
+``/metrics`` handler, which answers loopback clients only, aggregates them. Labels
+are the tenant's name, the model and the route, never a key or anything it carries.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Final
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from nz_proxy.exchange import Exchange
+
+__all__ = ["CONTENT_TYPE", "Metrics", "render"]
+
+CONTENT_TYPE: Final = CONTENT_TYPE_LATEST.encode()
+MULTIPROCESS: Final = "PROMETHEUS_MULTIPROC_DIR"
+
+REQUESTS = Counter(
+    "gateway_requests",
+    "Requests by tenant, model, route and status.",
+    ["tenant", "model", "endpoint", "status"],
+)
+TOKENS = Counter(
+    "gateway_tokens",
+    "Tokens by tenant, model and direction (in, out).",
+    ["tenant", "model", "direction"],
+)
+DURATION = Histogram(
+    "gateway_request_duration_seconds",
+    "Time from the request's first byte to its last, by tenant, model and route.",
+    ["tenant", "model", "endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300),
+)
+UPSTREAM_FAILURES = Counter(
+    "gateway_upstream_failures",
+    "Requests the backend failed (502, 504, broken streams).",
+    ["kind"],
+)
+BREAKER = Gauge(
+    "gateway_circuit_breaker_state",
+    "The backend circuit: 0 closed, 1 open, 2 half-open (the worst worker).",
+    multiprocess_mode="livemax",
+)
+AUDIT_WAITING = Gauge(
+    "gateway_audit_rows_waiting",
+    "Audit rows not yet written to the database.",
+    multiprocess_mode="livesum",
+)
+VERIFICATIONS = Counter(
+    "gateway_key_verifications", "argon2 verifications (cache misses that reached argon2)."
+)
+
+_UPSTREAM_CODES: Final = {
+    "upstream_unavailable": "unavailable",
+    "upstream_timeout": "timeout",
+    "upstream_rejected": "rejected",
+}
+
+
+class Metrics:
+    """The recorder's observer: one update per finished request."""
+
+    def __init__(
+        self,
+        breaker_state: Callable[[], int],
+        audit_waiting: Callable[[], int],
+        verifications: Callable[[], int],
+    ) -> None:
+        self._breaker_state = breaker_state
+        self._audit_waiting = audit_waiting
+        self._verifications = verifications
+        self._verified = 0
+
+    def observe(self, exchange: Exchange) -> None:
+        if not exchange.audited:
+            return
+        tenant = exchange.policy.tenant if exchange.policy else "-"
+        model = exchange.model or "-"
+        # Unrouted paths would make one series per path an attacker invents.
+        endpoint = exchange.endpoint or "unmatched"
+        REQUESTS.labels(tenant, model, endpoint, str(exchange.status)).inc()
+        DURATION.labels(tenant, model, endpoint).observe(exchange.elapsed_ms() / 1000)
+        if exchange.tokens_in:
+            TOKENS.labels(tenant, model, "in").inc(exchange.tokens_in)
+        if exchange.tokens_out:
+            TOKENS.labels(tenant, model, "out").inc(exchange.tokens_out)
+        if exchange.error in _UPSTREAM_CODES:
+            UPSTREAM_FAILURES.labels(_UPSTREAM_CODES[exchange.error]).inc()
+        BREAKER.set(self._breaker_state())
+        AUDIT_WAITING.set(self._audit_waiting())
+        verified = self._verifications()
+        if verified > self._verified:
+            VERIFICATIONS.inc(verified - self._verified)
+            self._verified = verified
+
+
+def render() -> bytes:
+    """The text exposition of every worker's metrics."""
+    if os.environ.get(MULTIPROCESS):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

@@ -1,0 +1,16 @@
+-- Extend a running request's concurrency lease (long streams renew it). An expired
+-- lease stays expired: its slot may already be someone else's.
+-- KEYS: 1 leases   ARGV: 1 rid, 2 lease ms, 3 now ms ('' = Redis TIME)
+-- Returns 1 when renewed, 0 when the lease is gone.
+local now
+if ARGV[3] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = tonumber(ARGV[3])
+end
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if (not expiry) or tonumber(expiry) <= now then return 0 end
+redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) + 60000)
+return 1

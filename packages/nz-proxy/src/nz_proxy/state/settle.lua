@@ -1,0 +1,48 @@
+-- Settle one admitted request: its reservation is replaced by the tokens it used,
+-- exactly once (SPEC §4.4). Mirrors nz_core.limiter.KeyState.settle.
+--
+-- KEYS: 1 token window, 2 leases, 3 journal, 4.. the budget counters it was admitted on
+-- ARGV: 1 rid, 2 now ms ('' = Redis TIME), 3 tokens used, 4 token window kept (0|1),
+--       5 audit row to journal ('' = none)
+-- Returns 1 settled, 2 abandoned (its lease ran out and it was reaped), 0 unknown.
+local BUCKET, BUCKETS = 10000, 6
+local rid = ARGV[1]
+redis.call('ZREM', KEYS[2], rid)
+local entry = redis.call('HGET', KEYS[3], rid)
+if not entry then return 0 end
+if string.sub(entry, 1, 2) ~= 'R|' then return 2 end
+local now
+if ARGV[2] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = tonumber(ARGV[2])
+end
+local first = string.find(entry, '|', 3, true)
+local second = string.find(entry, '|', first + 1, true)
+local reserved = tonumber(string.sub(entry, 3, first - 1))
+local bucket = string.sub(entry, first + 1, second - 1)
+local used = tonumber(ARGV[3])
+local delta = used - reserved
+for i = 4, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then
+    if redis.call('INCRBY', KEYS[i], delta) < 0 then
+      redis.call('SET', KEYS[i], 0, 'KEEPTTL')
+    end
+  end
+end
+if ARGV[4] == '1' then
+  if redis.call('HINCRBY', KEYS[1], bucket, -reserved) <= 0 then
+    redis.call('HDEL', KEYS[1], bucket)
+  end
+  if used > 0 then
+    redis.call('HINCRBY', KEYS[1], math.floor(now / BUCKET), used)
+    redis.call('PEXPIRE', KEYS[1], (BUCKETS + 1) * BUCKET)
+  end
+end
+if ARGV[5] == '' then
+  redis.call('HDEL', KEYS[3], rid)
+else
+  redis.call('HSET', KEYS[3], rid, 'S|' .. now .. '|' .. ARGV[5])
+end
+return 1

@@ -1,0 +1,296 @@
+"""Both state stores against the reference model (SPEC §4.4, §14).
+
+The same suite runs on the in-process store and on the real Redis (its own database,
+one API-key prefix per test). Time is a clock the test moves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    rule,
+)
+
+from nz_core.budgets import Period
+from nz_core.limiter import Ask, BudgetLine, KeyState
+from nz_core.limits import Limits
+from nz_proxy.state import Settled, StateStore
+from nz_proxy.state.memory import MemoryStore
+from nz_proxy.state.redis import RedisStore, key_names
+from tests import services
+
+STATE_DB = services.REDIS_DB + 2
+
+
+class Clock:
+    def __init__(self, start: int = 1_800_000_000_000) -> None:
+        self.now = start
+
+    def __call__(self) -> int:
+        return self.now
+
+
+async def _nothing() -> None:
+    return None
+
+
+def make_store(kind: str, clock: Clock) -> tuple[StateStore, Callable[[], Any]]:
+    """A store and a coroutine function that closes what it opened."""
+    if kind == "memory":
+        return MemoryStore(clock=clock), _nothing
+    client = aioredis.Redis.from_url(services.redis_url(STATE_DB))
+    return RedisStore(client, clock=clock), client.aclose
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[tuple[StateStore, Clock]]:
+    clock = Clock()
+    made, close = make_store(request.param, clock)
+    try:
+        yield made, clock
+    finally:
+        await close()
+
+
+def prefix() -> str:
+    return "nz_" + uuid.uuid4().hex[:9]
+
+
+def ask(rid: str | None = None, **kwargs: Any) -> Ask:
+    base: dict[str, Any] = {"rid": rid or uuid.uuid4().hex, "inference": True, "limits": Limits()}
+    return Ask(**(base | kwargs))
+
+
+# -- deterministic behaviour ----------------------------------------------------
+
+
+async def test_exact_request_window(store: tuple[StateStore, Clock]) -> None:
+    state, clock = store
+    key = prefix()
+    limits = Limits(rpm=5)
+    results = []
+    for second in range(6):
+        clock.now += 1000 if second else 0
+        results.append(await state.admit(key, ask(limits=limits, inference=False), b""))
+    assert [r.admitted for r in results] == [True] * 5 + [False]
+    denied = results[-1]
+    assert denied.reason == "rpm"
+    assert denied.retry_after_ms == 55_000  # the first request leaves the window then
+    clock.now += 54_999
+    assert not (await state.admit(key, ask(limits=limits, inference=False), b"")).admitted
+    clock.now += 1
+    assert (await state.admit(key, ask(limits=limits, inference=False), b"")).admitted
+
+
+async def test_leases_free_slots_on_settle_or_expiry(store: tuple[StateStore, Clock]) -> None:
+    state, clock = store
+    key = prefix()
+    limits = Limits(concurrent=2)
+    first, second = ask(limits=limits, lease_ms=30_000), ask(limits=limits, lease_ms=30_000)
+    assert (await state.admit(key, first, b"")).admitted
+    assert (await state.admit(key, second, b"")).admitted
+    third = await state.admit(key, ask(limits=limits), b"")
+    assert (third.admitted, third.reason) == (False, "concurrency")
+    assert await state.settle(key, first, 0, b"") is Settled.SETTLED
+    assert await state.settle(key, first, 0, b"") is Settled.UNKNOWN  # exactly once
+    assert (await state.admit(key, ask(limits=limits), b"")).admitted
+    # A crashed replica never settles: its slot frees itself when the lease runs out.
+    assert not (await state.admit(key, ask(limits=limits), b"")).admitted
+    clock.now += 30_001
+    assert (await state.admit(key, ask(limits=limits), b"")).admitted
+
+
+async def test_renewed_leases_stay_held(store: tuple[StateStore, Clock]) -> None:
+    state, clock = store
+    key = prefix()
+    limits = Limits(concurrent=1)
+    stream = ask(limits=limits, lease_ms=10_000)
+    assert (await state.admit(key, stream, b"")).admitted
+    for _ in range(5):
+        clock.now += 8_000
+        await state.renew([(key, stream)])
+        assert not (await state.admit(key, ask(limits=limits), b"")).admitted
+
+
+async def test_reservation_then_settlement(store: tuple[StateStore, Clock]) -> None:
+    state, _ = store
+    key = prefix()
+    day = BudgetLine(Period.DAY, 1000, "day:1", ttl_ms=86_400_000)
+    request = ask(budgets=(day,), prompt_estimate=100, default_cap=500)
+    missing = await state.admit(key, request, b"")
+    assert missing.missing == (day,)
+    await state.seed(key, "day:1", 300, day.ttl_ms)
+    await state.seed(key, "day:1", 999, day.ttl_ms)  # a known counter wins
+    admitted = await state.admit(key, request, b"")
+    assert (admitted.cap, admitted.reserved) == (500, 600)
+    assert admitted.budget_states[0].used == 900
+    # The default cap is clipped to what is left; an explicit cap must fit.
+    clipped = await state.admit(key, ask(budgets=(day,), prompt_estimate=20), b"")
+    assert (clipped.cap, clipped.reserved) == (80, 100)
+    refused = await state.admit(key, ask(budgets=(day,), requested_cap=10), b"")
+    assert (refused.reason, refused.blocking) == ("budget", Period.DAY)
+    assert await state.settle(key, request, 250, b"") is Settled.SETTLED
+    after = await state.admit(key, ask(budgets=(day,), requested_cap=340, prompt_estimate=10), b"")
+    assert after.admitted  # 1000 - (300 + 250 + 100) = 350 left
+    assert after.budget_states[0].used == 1000
+
+
+async def test_token_window_counts_reservations_and_corrects_them(
+    store: tuple[StateStore, Clock],
+) -> None:
+    state, _ = store
+    key = prefix()
+    limits = Limits(tpm=1000)
+    big = ask(limits=limits, prompt_estimate=100, requested_cap=900)
+    assert (await state.admit(key, big, b"")).reserved == 1000
+    blocked = await state.admit(key, ask(limits=limits, prompt_estimate=1), b"")
+    assert (blocked.reason, blocked.retry_after_ms) == ("tpm", 60_000)
+    await state.settle(key, big, 150, b"")
+    freed = await state.admit(key, ask(limits=limits, prompt_estimate=1, requested_cap=1), b"")
+    assert freed.admitted
+    assert freed.tokens is not None
+    assert freed.tokens.used == 150
+
+
+async def test_redis_keys_share_one_hash_tag() -> None:
+    names = key_names("nz_abcdefghi")
+    assert all("{nz_abcdefghi}" in name for name in names)
+
+
+# -- the stateful comparison -----------------------------------------------------
+
+limits_strategy = st.builds(
+    Limits,
+    rpm=st.none() | st.integers(1, 4),
+    tpm=st.none() | st.integers(1, 600),
+    concurrent=st.none() | st.integers(1, 3),
+)
+
+
+class StoreMatchesReference(RuleBasedStateMachine):
+    """Random admissions, settlements, renewals and waits, on a store and on the model."""
+
+    kind = "memory"
+    admitted = Bundle("admitted")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = Clock()
+        self.store, self._close = make_store(self.kind, self.clock)
+        self.model = KeyState()
+        self.prefix = prefix()
+        self.limits = Limits()
+        self.budgets: tuple[BudgetLine, ...] = ()
+
+    def run(self, coroutine: Any) -> Any:
+        return self.loop.run_until_complete(coroutine)
+
+    @initialize(
+        limits=limits_strategy,
+        budgets=st.lists(
+            st.tuples(st.sampled_from(list(Period)), st.integers(0, 3000)),
+            max_size=3,
+            unique_by=lambda pair: pair[0],
+        ),
+    )
+    def configure(self, limits: Limits, budgets: list[tuple[Period, int]]) -> None:
+        self.limits = limits
+        self.budgets = tuple(BudgetLine(p, n, f"{p.value}:0", 3_600_000) for p, n in budgets)
+
+    @rule(
+        target=admitted,
+        inference=st.booleans(),
+        estimate=st.integers(0, 400),
+        cap=st.none() | st.integers(1, 500),
+        default_cap=st.integers(1, 800),
+        lease=st.integers(1_000, 40_000),
+        seed=st.integers(0, 3000),
+    )
+    def admit(
+        self,
+        inference: bool,
+        estimate: int,
+        cap: int | None,
+        default_cap: int,
+        lease: int,
+        seed: int,
+    ) -> Ask:
+        request = Ask(
+            uuid.uuid4().hex,
+            inference,
+            self.limits,
+            self.budgets,
+            estimate,
+            cap,
+            default_cap,
+            lease,
+        )
+        expected = self.model.admit(request, self.clock.now)
+        got = self.run(self.store.admit(self.prefix, request, b"row"))
+        assert got == expected
+        if expected.missing:
+            for line in expected.missing:
+                self.model.seed(line.counter, seed)
+                self.run(self.store.seed(self.prefix, line.counter, seed, line.ttl_ms))
+            expected = self.model.admit(request, self.clock.now)
+            got = self.run(self.store.admit(self.prefix, request, b"row"))
+            assert got == expected
+        return request
+
+    @rule(request=consumes(admitted), tokens=st.integers(0, 900))
+    def settle(self, request: Ask, tokens: int) -> None:
+        expected = self.model.settle(
+            request.rid, tokens, self.clock.now, counts_tokens=request.limits.tpm is not None
+        )
+        got = self.run(self.store.settle(self.prefix, request, tokens, b"row"))
+        assert (got is Settled.SETTLED) == expected
+
+    @rule(request=admitted)
+    def renew(self, request: Ask) -> None:
+        self.model.renew(request.rid, self.clock.now, request.lease_ms)
+        self.run(self.store.renew([(self.prefix, request)]))
+
+    @rule(ms=st.sampled_from([1, 999, 1_000, 9_999, 10_000, 30_000, 59_999, 60_000, 61_000]))
+    def wait(self, ms: int) -> None:
+        self.clock.now += ms
+
+    @invariant()
+    def never_more_than_rpm_in_a_window(self) -> None:
+        if self.limits.rpm is not None:
+            recent = [t for t in self.model.admitted_at if t > self.clock.now - 60_000]
+            assert len(recent) <= self.limits.rpm
+
+    def teardown(self) -> None:
+        self.run(self._close())
+        self.loop.close()
+
+
+class RedisStoreMatchesReference(StoreMatchesReference):
+    kind = "redis"
+
+
+_SETTINGS = settings(
+    max_examples=int(os.environ.get("NZ_STATEFUL_EXAMPLES", "60")),
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+TestMemoryStore = StoreMatchesReference.TestCase
+TestMemoryStore.settings = _SETTINGS
+TestRedisStore = RedisStoreMatchesReference.TestCase
+TestRedisStore.settings = _SETTINGS
