@@ -24,6 +24,8 @@ from tests.strategies import model_names
         ("llama3.2:latest", "llama3.2:latest"),
         ("Mistral:7B", "mistral:7b"),
         ("acme/coder", "acme/coder:latest"),
+        ("library/llama3.2", "llama3.2:latest"),
+        ("Library/Llama3.2:8B", "llama3.2:8b"),
         ("registry.local:5000/acme/coder", "registry.local:5000/acme/coder:latest"),
         ("registry.local:5000/acme/coder:1b", "registry.local:5000/acme/coder:1b"),
         ("  qwen2.5:7b ", "qwen2.5:7b"),

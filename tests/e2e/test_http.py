@@ -47,6 +47,8 @@ async def test_every_key_failure_is_one_401_body_per_surface(deployment: Deploym
             bodies.add(response.content)
         assert len(bodies) == 1, bodies
     assert json.loads(bodies.pop()) == {"error": "unauthorized"}
+    challenged = httpx.post(deployment.url + "/v1/chat/completions", json=CHAT_BODY)
+    assert challenged.headers["www-authenticate"].startswith("Bearer")
     x_api_key = httpx.post(
         deployment.url + "/v1/chat/completions", headers={"x-api-key": good}, json=CHAT_BODY
     )
@@ -173,8 +175,11 @@ async def test_scopes_routes_and_methods(deployment: Deployment) -> None:
         deployment.url + "/api/tags", headers={"Authorization": f"Bearer {chat_only}"}
     )
     assert listing.status_code == 200  # any valid key may list
-    assert httpx.get(deployment.url + "/api/chat").status_code == 405
-    assert httpx.delete(deployment.url + "/healthz").status_code == 405
+    wrong_method = httpx.get(deployment.url + "/api/chat")
+    assert wrong_method.status_code == 405
+    assert wrong_method.headers["allow"] == "POST"
+    assert httpx.delete(deployment.url + "/healthz").headers["allow"] == "GET, HEAD"
+    assert httpx.post(deployment.url + "/").status_code == 405
     not_found = httpx.get(deployment.url + "/v1/nothing")
     assert not_found.status_code == 404
     assert not_found.json()["error"]["code"] == "not_found"

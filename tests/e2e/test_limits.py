@@ -166,3 +166,29 @@ async def test_token_window(deployment: Deployment) -> None:
     assert refused[0].json()["error"]["code"] == "tpm_exceeded"
     assert 1 <= int(refused[0].headers["retry-after"]) <= 60
     assert refused[0].headers["x-ratelimit-remaining-tokens"] == "0"
+
+
+async def test_refusals_and_listings_carry_the_headers(deployment: Deployment) -> None:
+    key = await deployment.key(models=["llama3.2"], limits=Limits(rpm=100, tpm=100_000))
+    await admin.set_budget(deployment.engine, key[:12], monthly=10)
+    auth = {"Authorization": f"Bearer {key}"}
+    listed = httpx.get(deployment.url + "/v1/models", headers=auth)  # before any inference
+    assert listed.headers["x-budget-period"] == "month"
+    assert listed.headers["x-budget-tokens-remaining"] == "10"
+    assert listed.headers["x-ratelimit-limit-tokens"] == "100000"
+    refused = post(deployment.url, key, CHAT)
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "budget_exhausted"
+    assert refused.headers["x-budget-tokens-remaining"] == "10"
+    assert refused.headers["x-ratelimit-remaining-requests"] == "99"  # the listing; not itself
+    assert refused.headers["x-ratelimit-remaining-tokens"] == "100000"
+
+
+async def test_embeddings_reserve_their_prompt_only(deployment: Deployment) -> None:
+    key = await deployment.key(models=["all-minilm"], limits=Limits(tpm=100_000))
+    response = post(
+        deployment.url, key, {"model": "all-minilm", "input": "a short text"}, "/v1/embeddings"
+    )
+    assert response.status_code == 200
+    reserved = 100_000 - int(response.headers["x-ratelimit-remaining-tokens"])
+    assert 0 < reserved < 100  # an estimate of the prompt, no completion cap on top

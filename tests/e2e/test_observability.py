@@ -129,13 +129,18 @@ async def test_metrics_add_up_across_workers_and_stay_local(
                 json={"model": "llama3.2", "prompt": "x", "stream": False},
                 headers={"Connection": "close"},
             )
+        invented = client.post(
+            r.gateway.url + "/api/generate", json={"model": "made-up-model:7b", "prompt": "x"}
+        )
+        assert invented.status_code == 403
     text = httpx.get(r.gateway.url + "/metrics").text
+    assert "made-up-model" not in text  # a name a client made up never becomes a series
     served = sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
         if line.startswith("gateway_requests_total{") and f'tenant="{tenant}"' in line
     )
-    assert served == 20
+    assert served == 21  # 20 served, 1 refused
     tokens_out = sum(
         float(line.rsplit(" ", 1)[1])
         for line in text.splitlines()
@@ -150,8 +155,9 @@ async def test_metrics_add_up_across_workers_and_stay_local(
     port = r.gateway.url.rsplit(":", 1)[1]
     remote = httpx.get(f"http://{_outbound_address()}:{port}/metrics")
     assert remote.status_code == 404  # not for anyone but the machine itself
-    spoofed = httpx.get(r.gateway.url + "/metrics", headers={"X-Forwarded-For": "127.0.0.1"})
-    assert spoofed.status_code == 200  # (the peer is local here: the header changes nothing)
+    # A local reverse proxy is a loopback peer too: what it forwards came from outside.
+    proxied = httpx.get(r.gateway.url + "/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
+    assert proxied.status_code == 404
     remote_spoofed = httpx.get(
         f"http://{_outbound_address()}:{port}/metrics", headers={"X-Forwarded-For": "127.0.0.1"}
     )

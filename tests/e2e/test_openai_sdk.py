@@ -150,6 +150,7 @@ async def test_model_list_is_the_effective_set(deployment: Deployment) -> None:
         assert listed == ["acme/coder:1b", "llama3.2:latest"]
         assert sdk.models.retrieve("acme/coder:1b").owned_by == "acme"
         assert sdk.models.retrieve("llama3.2").id == "llama3.2"
+        assert sdk.models.retrieve("library/llama3.2").id == "library/llama3.2"
         with pytest.raises(openai.PermissionDeniedError):
             sdk.models.retrieve("mistral")
     none = await deployment.key()

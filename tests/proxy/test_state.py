@@ -166,6 +166,34 @@ async def test_token_window_counts_reservations_and_corrects_them(
     assert freed.tokens.used == 150
 
 
+async def test_refusals_report_what_stands_and_embeddings_reserve_no_cap(
+    store: tuple[StateStore, Clock],
+) -> None:
+    state, _ = store
+    key = prefix()
+    day = BudgetLine(Period.DAY, 500, "day:r", ttl_ms=86_400_000)
+    await state.seed(key, "day:r", 100, day.ttl_ms)
+    limits = Limits(rpm=10, tpm=5000, concurrent=1)
+    embed = ask(limits=limits, budgets=(day,), prompt_estimate=30, generates=False)
+    taken = await state.admit(key, embed, b"")
+    assert (taken.cap, taken.reserved) == (None, 30)  # the prompt alone
+    refused = await state.admit(key, ask(limits=limits, budgets=(day,)), b"")
+    assert refused.reason == "concurrency"
+    assert refused.requests is not None
+    assert refused.requests.remaining == 9  # this one was not counted
+    assert refused.tokens is not None
+    assert refused.tokens.remaining == 5000 - 30
+    assert [s.used for s in refused.budget_states] == [130]
+    await state.settle(key, embed, 20, b"")
+    too_big = await state.admit(key, ask(limits=limits, budgets=(day,), requested_cap=900), b"")
+    assert (too_big.reason, too_big.blocking) == ("budget", Period.DAY)
+    assert [s.used for s in too_big.budget_states] == [120]
+    listing = await state.admit(key, ask(limits=limits, budgets=(day,), inference=False), b"")
+    assert listing.admitted
+    assert [s.remaining for s in listing.budget_states] == [380]
+    assert listing.tokens is not None
+
+
 async def test_redis_keys_share_one_hash_tag() -> None:
     names = key_names("nz_abcdefghi")
     assert all("{nz_abcdefghi}" in name for name in names)
@@ -220,6 +248,7 @@ class StoreMatchesReference(RuleBasedStateMachine):
         default_cap=st.integers(1, 800),
         lease=st.integers(1_000, 40_000),
         seed=st.integers(0, 3000),
+        generates=st.booleans(),
     )
     def admit(
         self,
@@ -229,6 +258,7 @@ class StoreMatchesReference(RuleBasedStateMachine):
         default_cap: int,
         lease: int,
         seed: int,
+        generates: bool,
     ) -> Ask:
         request = Ask(
             uuid.uuid4().hex,
@@ -239,6 +269,7 @@ class StoreMatchesReference(RuleBasedStateMachine):
             cap,
             default_cap,
             lease,
+            generates,
         )
         expected = self.model.admit(request, self.clock.now)
         got = self.run(self.store.admit(self.prefix, request, b"row"))

@@ -6,9 +6,11 @@
 in-process store) are property-tested against: fed the same operations at the same
 times, they must make the same decisions.
 
-One admission checks, in order: the request window (``rpm``), then for inference the
-concurrency leases, the token window (``tpm``) and every budget period; a request is
-refused by the first that cannot take it, and nothing is recorded. An admitted
+One admission checks, in order: the request window (``rpm``); then, every budget
+counter being known, for inference the concurrency leases, the token window (``tpm``)
+and every budget period. A request is refused by the first that cannot take it, and
+nothing is recorded; the refusal still reports the windows and budgets as they stand.
+Listings only count towards ``rpm``, and report the rest. An admitted
 inference request holds a lease and a reservation until it is settled; settlement
 replaces the reservation with the tokens actually used, exactly once. A reservation
 whose lease ran out unsettled stays counted at its reserved amount.
@@ -30,7 +32,16 @@ from nz_core.windows import (
     token_bucket,
 )
 
-__all__ = ["Ask", "BudgetLine", "Decision", "KeyState", "Reservation"]
+__all__ = [
+    "Ask",
+    "BlockedBy",
+    "BudgetLine",
+    "Decision",
+    "KeyState",
+    "Reservation",
+    "plan_reservation",
+    "uncounted",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +68,7 @@ class Ask:
     requested_cap: int | None = None
     default_cap: int = 4096
     lease_ms: int = 30_000
+    generates: bool = True  # False for embeddings: no completion, no cap
 
     @property
     def reserves(self) -> bool:
@@ -91,6 +103,47 @@ class Decision:
         return binding_period(self.budget_states)
 
 
+@dataclass(frozen=True, slots=True)
+class BlockedBy:
+    """A reservation no budget period can hold; ``period`` is the one to wait for."""
+
+    period: Period | None
+
+
+def plan_reservation(
+    ask: Ask, states: tuple[PeriodState, ...]
+) -> tuple[int | None, int] | BlockedBy:
+    """(completion cap, tokens reserved) for an inference request, or what blocks it.
+
+    A generating request reserves its prompt estimate plus its completion cap (the
+    client's, else the default clipped to what the budget has left); an embedding
+    reserves its prompt estimate alone and has no cap.
+    """
+    estimate = ask.prompt_estimate
+    remaining = min((s.remaining for s in states), default=None)
+    if not ask.generates:
+        if remaining is not None and estimate > remaining:
+            blocker = blocking_period(states, estimate)
+            return BlockedBy(blocker.period if blocker else None)
+        return None, estimate
+    requested = ask.requested_cap if ask.requested_cap and ask.requested_cap > 0 else None
+    if remaining is None:
+        cap = requested if requested is not None else ask.default_cap
+        return cap, estimate + cap
+    cap = requested if requested is not None else min(ask.default_cap, remaining - estimate)
+    if cap < 1 or estimate + cap > remaining:
+        blocker = blocking_period(states, estimate + max(cap, 1))
+        return BlockedBy(blocker.period if blocker else None)
+    return cap, estimate + cap
+
+
+def uncounted(requests: WindowCheck | None) -> WindowCheck | None:
+    """The request window for a request refused later: it was not counted after all."""
+    if requests is None:
+        return None
+    return WindowCheck(True, requests.used, requests.remaining + 1, 0, requests.reset_ms)
+
+
 @dataclass(slots=True)
 class Reservation:
     reserved: int
@@ -113,60 +166,60 @@ class KeyState:
         self.counters.setdefault(counter, tokens)
 
     def admit(self, ask: Ask, now_ms: int) -> Decision:
-        requests = tokens = None
-        if ask.limits.rpm is not None:
-            requests = check_requests(self.admitted_at, now_ms, ask.limits.rpm)
+        limits = ask.limits
+        requests = None
+        if limits.rpm is not None:
+            requests = check_requests(self.admitted_at, now_ms, limits.rpm)
             if not requests.allowed:
                 return Decision(False, "rpm", requests.retry_after_ms, requests=requests)
-        if ask.inference:
-            if ask.limits.concurrent is not None:
-                concurrency = check_concurrency(self.leases.values(), now_ms, ask.limits.concurrent)
-                if not concurrency.allowed:
-                    return Decision(False, "concurrency", concurrency.retry_after_ms)
-            if ask.limits.tpm is not None:
-                tokens = check_tokens(self.buckets, now_ms, ask.limits.tpm)
-                if not tokens.allowed:
-                    return Decision(
-                        False, "tpm", tokens.retry_after_ms, requests=requests, tokens=tokens
-                    )
-        budgets = ask.budgets if ask.inference else ()
-        missing = tuple(b for b in budgets if b.counter not in self.counters)
+        missing = tuple(b for b in ask.budgets if b.counter not in self.counters)
         if missing:
             return Decision(False, missing=missing)
+        states = tuple(
+            PeriodState(b.period, b.limit, self.counters[b.counter]) for b in ask.budgets
+        )
+        # Every later refusal reports the windows as they stand, this request uncounted.
+        tokens = check_tokens(self.buckets, now_ms, limits.tpm) if limits.tpm is not None else None
+
+        def refuse(reason: str, wait: int | None, blocking: Period | None = None) -> Decision:
+            return Decision(
+                False,
+                reason,
+                wait,
+                blocking,
+                requests=uncounted(requests),
+                tokens=tokens,
+                budget_states=states,
+            )
+
+        if ask.inference:
+            if limits.concurrent is not None:
+                concurrency = check_concurrency(self.leases.values(), now_ms, limits.concurrent)
+                if not concurrency.allowed:
+                    return refuse("concurrency", concurrency.retry_after_ms)
+            if tokens is not None and not tokens.allowed:
+                return refuse("tpm", tokens.retry_after_ms)
         cap: int | None = None
         reserved = 0
         if ask.reserves:
-            states = tuple(
-                PeriodState(b.period, b.limit, self.counters[b.counter]) for b in budgets
-            )
-            requested = ask.requested_cap if ask.requested_cap and ask.requested_cap > 0 else None
-            if budgets:
-                remaining = min(s.remaining for s in states)
-                cap = (
-                    requested
-                    if requested is not None
-                    else min(ask.default_cap, remaining - ask.prompt_estimate)
-                )
-                if cap < 1 or ask.prompt_estimate + cap > remaining:
-                    blocker = blocking_period(states, ask.prompt_estimate + max(cap, 1))
-                    return Decision(False, "budget", blocking=blocker.period if blocker else None)
-            else:
-                cap = requested if requested is not None else ask.default_cap
-            reserved = ask.prompt_estimate + cap
+            plan = plan_reservation(ask, states)
+            if isinstance(plan, BlockedBy):
+                return refuse("budget", None, plan.period)
+            cap, reserved = plan
         # Admitted: record it.
-        if ask.limits.rpm is not None:
+        if limits.rpm is not None:
             self.admitted_at.append(now_ms)
         if ask.inference:
             self.leases[ask.rid] = now_ms + ask.lease_ms
             bucket = token_bucket(now_ms)
-            if ask.limits.tpm is not None and reserved:
+            if limits.tpm is not None and reserved:
                 self.buckets[bucket] = self.buckets.get(bucket, 0) + reserved
-            for line in budgets:
+            for line in ask.budgets:
                 self.counters[line.counter] += reserved
-            self.pending[ask.rid] = Reservation(reserved, bucket, tuple(b.counter for b in budgets))
-        # Listings reserve nothing but still report the budgets whose counters exist.
-        shown = budgets if ask.inference else [b for b in ask.budgets if b.counter in self.counters]
-        after = tuple(PeriodState(b.period, b.limit, self.counters[b.counter]) for b in shown)
+            self.pending[ask.rid] = Reservation(
+                reserved, bucket, tuple(b.counter for b in ask.budgets)
+            )
+        after = tuple(PeriodState(b.period, b.limit, self.counters[b.counter]) for b in ask.budgets)
         return Decision(
             True,
             cap=cap,

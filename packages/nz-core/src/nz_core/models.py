@@ -17,12 +17,13 @@ __all__ = ["ModelPolicy", "effective_models", "may_use", "normalize_model", "par
 
 
 def normalize_model(name: str) -> str:
-    """``llama3.2`` → ``llama3.2:latest``; ``ns/Model:7B`` → ``ns/model:7b``.
+    """``llama3.2`` → ``llama3.2:latest``; ``ns/Model:7B`` → ``ns/model:7b``;
+    ``library/llama3.2`` → ``llama3.2:latest`` (Ollama's default namespace).
 
     Only the last path segment can carry a tag, so a registry host with a port
     (``host:5000/ns/model``) is not mistaken for one.
     """
-    name = name.strip().lower()
+    name = name.strip().lower().removeprefix("library/")
     last = name.rsplit("/", 1)[-1]
     if ":" not in last:
         return name + ":latest"

@@ -25,6 +25,7 @@ class Demand:
     inference: bool  # generation or embedding, as opposed to listing models
     prompt_estimate: int = 0
     requested_cap: int | None = None  # the completion cap the client asked for
+    generates: bool = True  # False for embeddings: no completion, nothing to cap
     journal: bytes = b""  # the audit row as admission knows it (kept by journaling stores)
 
 

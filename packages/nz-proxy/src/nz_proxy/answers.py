@@ -13,6 +13,7 @@ import time
 from typing import Any, Final, Protocol
 
 import msgspec
+import structlog
 
 from nz_proxy.errors import UpstreamUnavailable
 from nz_proxy.responses import MEDIA_JSON, MEDIA_NDJSON, MEDIA_SSE
@@ -38,6 +39,17 @@ __all__ = [
 
 _decode: Final = msgspec.json.Decoder().decode
 _encode: Final = msgspec.json.Encoder().encode
+
+log = structlog.get_logger("nz_proxy.answers")
+
+# What a client sees when the backend reports an error mid-stream. The backend's own
+# text (which can name internal hosts) goes to the log only (SPEC §6.1).
+BACKEND_FAILED: Final = "The model backend failed during the stream."
+_ERROR_LINE: Final = b'{"error"'
+
+
+def _backend_error(line: bytes) -> None:
+    log.warning("backend_stream_error", line=line[:300].decode("utf-8", "replace"))
 
 
 class Answer(Protocol):
@@ -101,6 +113,9 @@ class NativeAnswer:
 
     def line(self, line: bytes) -> bytes:
         self.tap.feed(line)
+        if line.startswith(_ERROR_LINE) and self.tap.error_message is not None:
+            _backend_error(line)
+            return native_error_line(BACKEND_FAILED)
         return line + b"\n"
 
     def error(self, message: str) -> bytes:
@@ -132,6 +147,9 @@ class _SseAnswer:
         self._whole_counts: tuple[int, int] | None = None
 
     def line(self, line: bytes) -> bytes:
+        if line.startswith(_ERROR_LINE):
+            _backend_error(line)
+            return self._stream.error(BACKEND_FAILED)
         return self._stream.feed_line(line)
 
     def error(self, message: str) -> bytes:

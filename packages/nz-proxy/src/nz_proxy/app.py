@@ -127,7 +127,7 @@ def _error_response(request: Request[object, object, State], exc: Exception) -> 
     if isinstance(exc, NotFoundException):
         error = RouteNotFound()
     elif isinstance(exc, MethodNotAllowedException):
-        error = MethodNotAllowed()
+        error = MethodNotAllowed(("GET", "HEAD"))
     elif isinstance(exc, HTTPException):
         error = GatewayError(exc.detail)
         error.status = exc.status_code

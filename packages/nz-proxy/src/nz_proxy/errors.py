@@ -101,6 +101,9 @@ class InvalidApiKey(GatewayError):
     def ollama_message(self) -> str:
         return "unauthorized"
 
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="neuronetz-gateway"'}
+
 
 class PermissionDenied(GatewayError):
     status = 403
@@ -156,8 +159,12 @@ class MethodNotAllowed(GatewayError):
     type = "invalid_request_error"
     code = "method_not_allowed"
 
-    def __init__(self) -> None:
+    def __init__(self, allowed: tuple[str, ...] = ()) -> None:
         super().__init__("Method not allowed.")
+        self.allowed = allowed
+
+    def headers(self) -> dict[str, str]:
+        return {"Allow": ", ".join(self.allowed)} if self.allowed else {}
 
 
 class RequestTooLarge(GatewayError):

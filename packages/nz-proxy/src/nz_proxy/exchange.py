@@ -111,6 +111,8 @@ class Exchange:
     key_prefix: str | None = None
     policy: KeyPolicy | None = None
     model: str | None = None
+    # The model passed the key's policy: only then may it become a metrics label.
+    model_allowed: bool = False
     stream: bool = False
     status: int = 0
     tokens_in: int = 0

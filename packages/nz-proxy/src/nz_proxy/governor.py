@@ -110,7 +110,8 @@ class Governor:
             raise GatewayUnavailable("audit log")
         now = datetime.now(UTC)
         budgets = self.budget_lines(policy, now)
-        if not demand.inference and policy.limits.rpm is None and not budgets:
+        limits = policy.limits
+        if not demand.inference and limits.rpm is None and limits.tpm is None and not budgets:
             return Ticket(demand=demand, policy=policy)  # nothing to count or report
         ask = Ask(
             rid=demand.request_key,
@@ -121,6 +122,7 @@ class Governor:
             requested_cap=demand.requested_cap,
             default_cap=self.default_cap,
             lease_ms=self.lease_ms,
+            generates=demand.generates,
         )
         decision = await self._decide(policy, ask, demand.journal, now)
         headers = rate_headers(policy, decision)

@@ -72,6 +72,8 @@ _decode: Final = msgspec.json.Decoder().decode
 
 # A native frame longer than this is not a frame (a final `context` array is ~100 KB).
 MAX_FRAME_BYTES: Final = 64 << 20
+# What the audit row and the log keep of a model name the client sent.
+MAX_MODEL_CHARS: Final = 200
 
 
 @dataclass(slots=True)
@@ -93,6 +95,11 @@ class Inference:
     scope: Scope
     upstream: str
     prepare: Callable[[dict[str, Any]], Prepared]
+
+    @property
+    def generates(self) -> bool:
+        """Embeddings produce no completion: nothing to cap or reserve beyond the prompt."""
+        return self.scope is Scope.CHAT
 
 
 # -- how each endpoint's request is read ---------------------------------------
@@ -180,23 +187,25 @@ async def serve_inference(
     headers = dict(scope["headers"])
     try:
         if scope["method"] != "POST":
-            raise MethodNotAllowed
+            raise MethodNotAllowed(("POST",))
         policy = await gateway.authenticate(exchange, headers)
         if endpoint.scope not in policy.scopes:
             raise ScopeMissing(endpoint.scope.value)
         raw = await read_body(receive, headers, gateway.settings.max_request_bytes)
         prepared = endpoint.prepare(parse_json_object(raw))
         model = normalize_model(prepared.model)
-        exchange.model = model
+        exchange.model = model[:MAX_MODEL_CHARS]
         exchange.stream = prepared.stream
         if not may_use(policy.models, gateway.discovery.require().names, model):
             raise ModelNotAllowed
+        exchange.model_allowed = True
         estimate = estimate_prompt_tokens(*prompt_text_bytes(prepared.native))
         demand = Demand(
             request_key=exchange.id.hex,
             inference=True,
             prompt_estimate=estimate,
-            requested_cap=requested_completion_cap(prepared.native),
+            requested_cap=requested_completion_cap(prepared.native) if endpoint.generates else None,
+            generates=endpoint.generates,
             journal=_admission_row(gateway, exchange, estimate),
         )
         ticket = await gateway.admission.admit(policy, demand)

@@ -70,7 +70,7 @@ async def serve_listing(
     head = scope["method"] == "HEAD"
     try:
         if scope["method"] not in methods:
-            raise MethodNotAllowed
+            raise MethodNotAllowed(tuple(methods))
         policy = await gateway.authenticate(exchange, dict(scope["headers"]))
         demand = Demand(request_key=exchange.id.hex, inference=False)
         ticket = await gateway.admission.admit(policy, demand)
@@ -141,10 +141,12 @@ async def openai_model(
     # The rest of the path, already percent-decoded by the server (`%2F` → `/`).
     requested = exchange_of(scope).path[len("/v1/models/") :]
     name = normalize_model(requested)
-    exchange_of(scope).model = name
+    exchange = exchange_of(scope)
+    exchange.model = name[:200]
     catalogue = gateway.discovery.require()
     if not may_use(policy.models, catalogue.names, name):
         raise ModelNotAllowed
+    exchange.model_allowed = True
     entry = catalogue.entries[name]
     return _encode(model_object(requested, _unix(entry.get("modified_at"))))
 
@@ -168,9 +170,11 @@ async def show(gateway: Gateway, policy: KeyPolicy, scope: Scope, receive: Recei
     if not isinstance(requested, str) or not requested.strip():
         raise InvalidRequest("model is required", param="model")
     name = normalize_model(requested)
-    exchange_of(scope).model = name
+    exchange = exchange_of(scope)
+    exchange.model = name[:200]
     if not may_use(policy.models, gateway.discovery.require().names, name):
         raise ModelNotAllowed
+    exchange.model_allowed = True
     return _encode(await _backend_json(gateway, "POST", "/api/show", _encode(body)))
 
 

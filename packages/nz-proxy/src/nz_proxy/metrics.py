@@ -89,7 +89,8 @@ class Metrics:
         if not exchange.audited:
             return
         tenant = exchange.policy.tenant if exchange.policy else "-"
-        model = exchange.model or "-"
+        # A name the client made up must not become a series: only allowed models do.
+        model = exchange.model if exchange.model_allowed and exchange.model else "-"
         # Unrouted paths would make one series per path an attacker invents.
         endpoint = exchange.endpoint or "unmatched"
         REQUESTS.labels(tenant, model, endpoint, str(exchange.status)).inc()

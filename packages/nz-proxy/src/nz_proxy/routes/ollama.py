@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from litestar.handlers import asgi
 
-from nz_proxy.errors import EndpointBlocked
+from nz_proxy.errors import EndpointBlocked, MethodNotAllowed
 from nz_proxy.exchange import exchange_of
 from nz_proxy.inference import ENDPOINTS, serve_inference
 from nz_proxy.listing import LISTINGS, serve_listing
@@ -83,7 +83,11 @@ def _known_admin(path: str) -> bool:
 @asgi("/", is_mount=False, copy_scope=False)
 async def root(scope: Scope, receive: Receive, send: Send) -> None:
     """What Ollama answers at its root, for tools that probe it; no key needed."""
-    exchange_of(scope).audited = False
+    exchange = exchange_of(scope)
+    exchange.audited = False
+    if scope["method"] not in ("GET", "HEAD"):
+        await send_error(send, MethodNotAllowed(("GET", "HEAD")), exchange.surface)
+        return
     body = b"Ollama is running"
     await send_bytes(send, 200, body, MEDIA_TEXT, head=scope["method"] == "HEAD")
 

@@ -14,8 +14,15 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from nz_core.budgets import PeriodState, blocking_period
-from nz_core.limiter import Ask, BudgetLine, Decision, Reservation
+from nz_core.budgets import Period, PeriodState
+from nz_core.limiter import (
+    Ask,
+    BlockedBy,
+    Decision,
+    Reservation,
+    plan_reservation,
+    uncounted,
+)
 from nz_core.windows import (
     REQUEST_WINDOW_MS,
     TOKEN_BUCKET_MS,
@@ -60,7 +67,7 @@ class MemoryStore:
     def admit_now(self, prefix: str, ask: Ask, now: int) -> Decision:
         state = self._key(prefix)
         limits = ask.limits
-        requests = tokens = None
+        requests = None
         window = state.admitted_at
         while window and window[0] <= now - REQUEST_WINDOW_MS:
             window.popleft()
@@ -72,58 +79,51 @@ class MemoryStore:
                 check = WindowCheck(False, used, 0, wait, reset)
                 return Decision(False, "rpm", wait, requests=check)
             requests = WindowCheck(True, used, limits.rpm - used - 1, 0, reset)
+        counters = state.counters
+        missing = tuple(b for b in ask.budgets if b.counter not in counters)
+        if missing:
+            return Decision(False, missing=missing)
+        states = tuple(PeriodState(b.period, b.limit, counters[b.counter]) for b in ask.budgets)
         current = token_bucket(now)
+        tokens = self._tokens(state, current, now, limits.tpm) if limits.tpm is not None else None
+
+        def refuse(reason: str, wait: int | None, blocking: Period | None = None) -> Decision:
+            return Decision(
+                False,
+                reason,
+                wait,
+                blocking,
+                requests=uncounted(requests),
+                tokens=tokens,
+                budget_states=states,
+            )
+
         if ask.inference:
             if limits.concurrent is not None:
                 live = [e for e in state.leases.values() if e > now]
                 if len(live) >= limits.concurrent:
-                    return Decision(False, "concurrency", max(1, min(1000, min(live) - now)))
-            if limits.tpm is not None:
-                tokens = self._tokens(state, current, now, limits.tpm)
-                if not tokens.allowed:
-                    return Decision(
-                        False, "tpm", tokens.retry_after_ms, requests=requests, tokens=tokens
-                    )
-        budgets: tuple[BudgetLine, ...] = ask.budgets if ask.inference else ()
-        missing = tuple(b for b in budgets if b.counter not in state.counters)
-        if missing:
-            return Decision(False, missing=missing)
+                    return refuse("concurrency", max(1, min(1000, min(live) - now)))
+            if tokens is not None and not tokens.allowed:
+                return refuse("tpm", tokens.retry_after_ms)
         cap: int | None = None
         reserved = 0
         if ask.reserves:
-            requested = ask.requested_cap if ask.requested_cap and ask.requested_cap > 0 else None
-            if budgets:
-                states = [
-                    PeriodState(b.period, b.limit, state.counters[b.counter]) for b in budgets
-                ]
-                remaining = min(s.remaining for s in states)
-                cap = (
-                    requested
-                    if requested is not None
-                    else min(ask.default_cap, remaining - ask.prompt_estimate)
-                )
-                if cap < 1 or ask.prompt_estimate + cap > remaining:
-                    blocker = blocking_period(states, ask.prompt_estimate + max(cap, 1))
-                    return Decision(False, "budget", blocking=blocker.period if blocker else None)
-            else:
-                cap = requested if requested is not None else ask.default_cap
-            reserved = ask.prompt_estimate + cap
+            plan = plan_reservation(ask, states)
+            if isinstance(plan, BlockedBy):
+                return refuse("budget", None, plan.period)
+            cap, reserved = plan
         if limits.rpm is not None:
             window.append(now)
         if ask.inference:
             state.leases[ask.rid] = now + ask.lease_ms
             if limits.tpm is not None and reserved:
                 state.buckets[current] = state.buckets.get(current, 0) + reserved
-            for line in budgets:
-                state.counters[line.counter] += reserved
+            for line in ask.budgets:
+                counters[line.counter] += reserved
             state.pending[ask.rid] = Reservation(
-                reserved, current, tuple(b.counter for b in budgets)
+                reserved, current, tuple(b.counter for b in ask.budgets)
             )
-        # Listings reserve nothing but still report the budgets whose counters exist.
-        shown = (
-            budgets if ask.inference else [b for b in ask.budgets if b.counter in state.counters]
-        )
-        after = tuple(PeriodState(b.period, b.limit, state.counters[b.counter]) for b in shown)
+        after = tuple(PeriodState(b.period, b.limit, counters[b.counter]) for b in ask.budgets)
         return Decision(
             True, cap=cap, reserved=reserved, requests=requests, tokens=tokens, budget_states=after
         )

@@ -80,6 +80,7 @@ class RedisStore:
             ask.prompt_estimate,
             ask.requested_cap if ask.requested_cap and ask.requested_cap > 0 else 0,
             ask.default_cap,
+            int(ask.generates),
             journal,
         ]
         for line in budgets:
@@ -89,49 +90,52 @@ class RedisStore:
 
     @staticmethod
     def _decision(ask: Ask, reply: list[Any]) -> Decision:
-        status, reason, retry, cap, reserved = (
-            int(reply[0]),
-            _text(reply[1]),
-            int(reply[2]),
-            int(reply[3]),
-            int(reply[4]),
+        status, reason = int(reply[0]), _text(reply[1])
+        retry, cap, reserved = int(reply[2]), int(reply[3]), int(reply[4])
+        req_used, req_reset, tok_used, tok_reset, tok_retry, blocker = (
+            int(value) for value in reply[5:11]
         )
-        req_used, req_reset, tok_used, tok_reset, budget = (int(v) for v in reply[5:10])
+        if status == 2:
+            return Decision(
+                False, missing=tuple(ask.budgets[int(i) - 1] for i in reason.split(","))
+            )
         limits = ask.limits
         requests = tokens = None
         if limits.rpm is not None and req_used >= 0:
-            ok = req_used < limits.rpm
-            requests = WindowCheck(
-                ok, req_used, limits.rpm - req_used - 1 if ok else 0, 0 if ok else retry, req_reset
-            )
-        if limits.tpm is not None and tok_used >= 0 and (status == 1 or reason == "tpm"):
+            if status == 1:
+                requests = WindowCheck(True, req_used, limits.rpm - req_used - 1, 0, req_reset)
+            elif reason == "rpm":
+                requests = WindowCheck(False, req_used, 0, retry, req_reset)
+            else:  # refused later: this request was not counted
+                requests = WindowCheck(True, req_used, limits.rpm - req_used, 0, req_reset)
+        if limits.tpm is not None and tok_used >= 0:
             ok = tok_used < limits.tpm
-            tokens = WindowCheck(
-                ok, tok_used, limits.tpm - tok_used if ok else 0, 0 if ok else retry, tok_reset
-            )
-        if status == 2:
-            missing = tuple(ask.budgets[int(i) - 1] for i in reason.split(","))
-            return Decision(False, missing=missing)
-        if status == 0:
-            if reason == "budget":
-                blocking = ask.budgets[budget - 1].period if budget else None
-                return Decision(False, "budget", blocking=blocking)
-            if reason == "tpm":
-                return Decision(False, "tpm", retry, requests=requests, tokens=tokens)
-            return Decision(False, reason, retry, requests=requests if reason == "rpm" else None)
-        # Listings reserve nothing; a counter they found missing comes back as -1.
-        after = tuple(
+            left = limits.tpm - tok_used if ok else 0
+            tokens = WindowCheck(ok, tok_used, left, 0 if ok else tok_retry, tok_reset)
+        if status == 0 and reason == "rpm":  # refused before the budgets were read
+            return Decision(False, "rpm", retry, requests=requests)
+        states = tuple(
             PeriodState(line.period, line.limit, int(value))
             for line, value in zip(ask.budgets, reply[11:], strict=True)
-            if int(value) >= 0
         )
+        if status == 0:
+            blocking = ask.budgets[blocker - 1].period if blocker else None
+            return Decision(
+                False,
+                reason,
+                None if reason == "budget" else retry,
+                blocking,
+                requests=requests,
+                tokens=tokens,
+                budget_states=states,
+            )
         return Decision(
             True,
-            cap=cap if ask.reserves else None,
+            cap=cap if ask.reserves and ask.generates else None,
             reserved=reserved,
             requests=requests,
             tokens=tokens,
-            budget_states=after,
+            budget_states=states,
         )
 
     async def settle(self, prefix: str, ask: Ask, tokens: int, journal: bytes) -> Settled:

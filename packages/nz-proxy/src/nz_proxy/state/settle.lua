@@ -32,7 +32,8 @@ for i = 4, #KEYS do
   end
 end
 if ARGV[4] == '1' then
-  if redis.call('HINCRBY', KEYS[1], bucket, -reserved) <= 0 then
+  -- (Lua writes -0 for a negated zero, which Redis refuses as an integer.)
+  if reserved > 0 and redis.call('HINCRBY', KEYS[1], bucket, 0 - reserved) <= 0 then
     redis.call('HDEL', KEYS[1], bucket)
   end
   if used > 0 then
