@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from nz_cli import admin, serve
+from nz_cli import admin, demo, serve
 
 __all__ = ["app", "main"]
 
@@ -19,6 +19,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 serve.register(app)
+demo.register(app)
 admin.register(app)
 
 

@@ -12,6 +12,8 @@ from nz_proxy.exchange import exchange_of
 from nz_proxy.health import readiness
 from nz_proxy.metrics import CONTENT_TYPE
 from nz_proxy.metrics import render as render_metrics
+from nz_proxy.playground import HEADERS as PLAYGROUND_HEADERS
+from nz_proxy.playground import page
 from nz_proxy.responses import send_bytes, send_error
 from nz_proxy.routes import gateway_of
 from nz_proxy.types import Receive, Scope, Send
@@ -25,7 +27,7 @@ async def _probe(scope: Scope, send: Send) -> bool:
     exchange.audited = False
     if scope["method"] in ("GET", "HEAD"):
         return True
-    await send_error(send, MethodNotAllowed(), exchange.surface)
+    await send_error(send, MethodNotAllowed(("GET", "HEAD")), exchange.surface)
     return False
 
 
@@ -45,6 +47,7 @@ async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 _LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+_FORWARDING = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-forwarded-host"})
 
 
 @asgi("/metrics", is_mount=False, copy_scope=False)
@@ -60,10 +63,36 @@ async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
         )
     except ValueError:
         local = False
-    if not local:
+    # A local reverse proxy is a loopback peer too: anything it forwarded came from
+    # outside, whatever TRUSTED_PROXIES says.
+    forwarded = any(name in _FORWARDING for name, _ in scope["headers"])
+    if not local or forwarded:
         await send_error(send, RouteNotFound(), Surface.PLAIN)
         return
     await send_bytes(send, 200, render_metrics(), CONTENT_TYPE)
 
 
-ROUTES = [healthz, readyz, metrics]
+@asgi("/playground", is_mount=True, copy_scope=True)
+async def playground(scope: Scope, receive: Receive, send: Send) -> None:
+    """The playground page, only when ``PLAYGROUND_ENABLED=true`` (else 404)."""
+    if not await _probe(scope, send):
+        return
+    path = exchange_of(scope).path
+    if not gateway_of(scope).settings.playground_enabled or path not in (
+        "/playground",
+        "/playground/",
+        "/playground/index.html",
+    ):
+        await send_error(send, RouteNotFound(), Surface.PLAIN)
+        return
+    await send_bytes(
+        send,
+        200,
+        page(),
+        b"text/html; charset=utf-8",
+        PLAYGROUND_HEADERS,
+        head=scope["method"] == "HEAD",
+    )
+
+
+ROUTES = [healthz, readyz, metrics, playground]
