@@ -99,6 +99,20 @@ def free_port() -> int:
         return port
 
 
+def wait_for_port(
+    port: int, process: subprocess.Popen[bytes] | None = None, timeout: float = 10.0
+) -> None:
+    """Return once something accepts connections on the port (or fail)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"process exited with {process.returncode} before listening")
+        time.sleep(0.02)
+    raise RuntimeError(f"nothing listens on port {port} after {timeout}s")
+
+
 @dataclass(frozen=True)
 class GatewayProcess:
     """A running `neuronetz-gateway serve`: its URL, process group and log."""
@@ -206,15 +220,7 @@ class RedisServer:
     def start(self) -> None:
         with (self.log_dir / f"redis-{self.port}.log").open("ab") as log:
             self.process = self._spawn(log)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2),
-            ):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
+        wait_for_port(self.port, self.process)
 
     def _spawn(self, log: Any) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
@@ -234,15 +240,6 @@ class RedisServer:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2),
-            ):
-                return
-            time.sleep(0.02)
-        raise RuntimeError("redis-server did not start")
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -10,6 +10,7 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from nz_core.budgets import (
+    BUDGET_MAX,
     TOTAL_START,
     Budgets,
     Period,
@@ -157,6 +158,12 @@ def test_budget_values(daily: int, monthly: int, total: int) -> None:
     assume(min(daily, monthly, total) < 0)
     with pytest.raises(InvalidValue):
         Budgets(daily, monthly, total)
+
+
+def test_budgets_stay_exact_in_lua_doubles() -> None:
+    assert Budgets(daily=BUDGET_MAX).daily == 2**53 - 1
+    with pytest.raises(InvalidValue, match="at most"):
+        Budgets(total=BUDGET_MAX + 1)
 
 
 def test_configured_periods() -> None:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 
 from nz_core.errors import InvalidValue
-from nz_core.limits import Limits, effective_limits, validate_limit
+from nz_core.limits import LIMIT_MAX, Limits, effective_limits, validate_limit
 from tests.strategies import limit_sets
 
 
@@ -28,9 +28,13 @@ def test_unlimited_when_both_unset() -> None:
     assert effective_limits(Limits(), Limits()).unlimited
 
 
-@pytest.mark.parametrize("value", [0, -1, 1.5, "3", True])
+@pytest.mark.parametrize("value", [0, -1, 1.5, "3", True, LIMIT_MAX + 1, 10**12])
 def test_invalid_limits_are_refused(value: object) -> None:
     with pytest.raises(InvalidValue):
         validate_limit("rpm", value)
     with pytest.raises(InvalidValue):
         Limits(rpm=value)  # type: ignore[arg-type]
+
+
+def test_the_largest_limit_fits_the_column() -> None:
+    assert Limits(rpm=LIMIT_MAX, tpm=LIMIT_MAX, concurrent=LIMIT_MAX).tpm == 2**31 - 1

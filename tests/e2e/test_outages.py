@@ -146,6 +146,9 @@ async def test_redis_outage_fails_closed_and_recovers(
         detected = until(refuses, timeout=5)
         assert detected < 1.0, f"503 after {detected:.2f}s"
         assert refused[-1].json()["error"]["code"] == "gateway_unavailable"
+        # The operator learns which dependency failed; the client does not.
+        assert '"cause": "redis: ConnectionError"' in r.gateway.output()
+        assert "redis" not in refused[-1].text
         ready = httpx.get(r.gateway.url + "/readyz")
         assert ready.status_code == 503
         assert ready.json()["checks"]["state_store"] == "unreachable"
@@ -163,6 +166,24 @@ async def test_redis_outage_fails_closed_and_recovers(
         # Rebuilt from the ledger, not from zero.
         assert remaining == fresh - ledger
         assert httpx.get(r.gateway.url + "/readyz").status_code == 200
+
+
+@pytest.mark.parametrize("deployment", ["production"], indirect=True)
+async def test_a_burst_wider_than_the_redis_pool_waits_for_a_connection(
+    rig: RigFactory,
+) -> None:
+    # Two connections for 150 simultaneous requests: they queue for a connection.
+    # (redis-py's default pool raises "Too many connections" past 100: 503s.)
+    r = rig("--token-rate", "0", "--response-tokens", "3", REDIS_MAX_CONNECTIONS="2")
+    unbounded = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    async with httpx.AsyncClient(timeout=30, limits=unbounded) as client:
+        responses = await asyncio.gather(
+            *(
+                client.post(r.gateway.url + "/v1/chat/completions", headers=r.auth, json=CHAT)
+                for _ in range(150)
+            )
+        )
+    assert [response.status_code for response in responses] == [200] * 150
 
 
 @pytest.mark.parametrize("deployment", ["production"], indirect=True)

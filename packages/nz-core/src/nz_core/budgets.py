@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 from nz_core.errors import InvalidValue
 
 __all__ = [
+    "BUDGET_MAX",
     "TOTAL_START",
     "Budgets",
     "Period",
@@ -49,6 +50,9 @@ _RESET_ORDER: Final = {Period.DAY: 0, Period.MONTH: 1, Period.TOTAL: 2}
 
 # The ledger files every ``total`` budget under this one period start.
 TOTAL_START: Final = datetime(1970, 1, 1, tzinfo=UTC)
+#: The largest budget: counters live in Redis Lua, whose numbers are doubles, exact
+#: only up to 2**53.
+BUDGET_MAX: Final = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,13 +78,16 @@ class Budgets:
 
 
 def validate_budget(name: str, value: object) -> None:
-    """Raise :class:`InvalidValue` unless ``value`` is ``None`` or an integer ≥ 0."""
+    """Raise :class:`InvalidValue` unless ``value`` is ``None`` or an integer from 0 to
+    :data:`BUDGET_MAX`."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidValue(f"{name} budget must be an integer or none, got {value!r}")
     if value < 0:
         raise InvalidValue(f"{name} budget must be at least 0, or none (got {value})")
+    if value > BUDGET_MAX:
+        raise InvalidValue(f"{name} budget must be at most {BUDGET_MAX}, or none")
 
 
 def period_bounds(period: Period, now: datetime, tz: ZoneInfo) -> tuple[datetime, datetime | None]:

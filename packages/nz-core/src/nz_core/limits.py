@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from nz_core.errors import InvalidValue
 
-__all__ = ["LIMIT_NAMES", "Limits", "effective_limits", "validate_limit"]
+__all__ = ["LIMIT_MAX", "LIMIT_NAMES", "Limits", "effective_limits", "validate_limit"]
 
 LIMIT_NAMES = ("rpm", "tpm", "concurrent")
+#: The largest limit: the columns are 32-bit integers in both databases.
+LIMIT_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,13 +36,16 @@ class Limits:
 
 
 def validate_limit(name: str, value: object) -> None:
-    """Raise :class:`InvalidValue` unless ``value`` is ``None`` or an integer ≥ 1."""
+    """Raise :class:`InvalidValue` unless ``value`` is ``None`` or an integer from 1 to
+    :data:`LIMIT_MAX`."""
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidValue(f"{name} must be an integer or none, got {value!r}")
     if value < 1:
         raise InvalidValue(f"{name} must be at least 1, or none for no limit (got {value})")
+    if value > LIMIT_MAX:
+        raise InvalidValue(f"{name} must be at most {LIMIT_MAX}, or none for no limit")
 
 
 def effective_limits(key: Limits, tenant: Limits) -> Limits:

@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 
 from nz_core.database import create_engine, is_sqlite, normalize_url
 from nz_core.keys import KeyHasher
@@ -48,17 +48,25 @@ __all__ = ["app_from_env", "asgi_app", "build_gateway", "create_app"]
 # The per-process key cache is short-lived (SPEC §4.2): evictions reach it by NOTIFY,
 # and this bounds how long it can drift from the shared level otherwise.
 LOCAL_KEY_CACHE_TTL_S: Final = 30.0
+REDIS_TIMEOUT_S: Final = 0.75
 
 
 def build_gateway(settings: Settings) -> Gateway:
     """The services for ``settings``; nothing connects until :meth:`Gateway.start`."""
     engine = create_engine(settings.database_url)
     redis = (
-        Redis.from_url(
-            settings.redis_url,
-            # Fail closed fast: a stopped or frozen Redis is a 503 within a second.
-            socket_timeout=0.75,
-            socket_connect_timeout=0.75,
+        # from_pool: the client owns the pool, so closing the client closes it.
+        Redis.from_pool(
+            BlockingConnectionPool.from_url(
+                settings.redis_url,
+                # More requests than connections wait for one (redis-py's plain pool
+                # raises instead: a burst of 101 streams would get 503s).
+                max_connections=settings.redis_max_connections,
+                timeout=REDIS_TIMEOUT_S,
+                # Fail closed fast: a stopped or frozen Redis is a 503 within a second.
+                socket_timeout=REDIS_TIMEOUT_S,
+                socket_connect_timeout=REDIS_TIMEOUT_S,
+            )
         )
         if settings.redis_url
         else None

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Final
 
 from nz_core.credentials import KeyPolicy
-from nz_proxy.errors import Surface
+from nz_proxy.errors import GatewayError, GatewayUnavailable, Surface
 from nz_proxy.types import Scope
 
 __all__ = [
@@ -119,6 +119,8 @@ class Exchange:
     tokens_out: int = 0
     ttft_ms: int | None = None
     error: str | None = None
+    # The dependency behind a 503, for the log line only (never the client's body).
+    cause: str | None = None
     # False for probes (/healthz, /metrics, ...) that are not API traffic.
     audited: bool = True
     # Its row was also journaled beside its reservation: release it once written.
@@ -144,6 +146,12 @@ class Exchange:
 
     def elapsed_ms(self) -> int:
         return int((time.perf_counter() - self.started) * 1000)
+
+    def failed(self, error: GatewayError) -> None:
+        """Record the error the client gets, and which dependency failed, if one did."""
+        self.error = error.code
+        if isinstance(error, GatewayUnavailable):
+            self.cause = error.dependency
 
     def first_byte(self) -> None:
         """Mark the time to first token (the first body byte of a stream)."""

@@ -143,8 +143,8 @@ class Governor:
         for _ in range(3):
             try:
                 decision = await self.store.admit(policy.prefix, ask, journal)
-            except RedisError:
-                raise GatewayUnavailable("redis") from None
+            except RedisError as exc:
+                raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
             if not decision.missing:
                 return decision
             for line in decision.missing:
@@ -162,8 +162,8 @@ class Governor:
         tokens += self.audit.pending_tokens(policy.key_id, line.period, start)
         try:
             await self.store.seed(policy.prefix, line.counter, tokens, line.ttl_ms)
-        except RedisError:
-            raise GatewayUnavailable("redis") from None
+        except RedisError as exc:
+            raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
         log.info(
             "budget_counter_rebuilt", key_prefix=policy.prefix, period=line.period, tokens=tokens
         )

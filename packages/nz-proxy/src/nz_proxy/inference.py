@@ -210,7 +210,7 @@ async def serve_inference(
         )
         ticket = await gateway.admission.admit(policy, demand)
     except GatewayError as error:
-        exchange.error = error.code
+        exchange.failed(error)
         await send_error(send, error, endpoint.surface)
         return
     except ClientGone:
@@ -287,7 +287,7 @@ async def _forward(
                 exchange.first_byte()
                 await send_bytes(send, 200, body, answer.whole_media, ticket.headers)
         except GatewayError as error:
-            exchange.error = error.code
+            exchange.failed(error)
             watch.disarm()
             await send_error(send, error, endpoint.surface, ticket.headers)
         except StreamBroken:

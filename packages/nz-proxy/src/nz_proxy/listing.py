@@ -96,7 +96,7 @@ async def _refuse(
     surface: Surface,
     headers: Iterable[tuple[bytes, bytes]] = (),
 ) -> None:
-    exchange.error = error.code
+    exchange.failed(error)
     await send_error(send, error, surface, headers)
 
 

@@ -54,5 +54,6 @@ def request_fields(exchange: Exchange) -> dict[str, Any]:
         "tokens_in": exchange.tokens_in,
         "tokens_out": exchange.tokens_out,
         "error": exchange.error,
+        "cause": exchange.cause,
         "client_ip": exchange.client_ip,
     }

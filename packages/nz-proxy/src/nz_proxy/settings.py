@@ -90,6 +90,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         float,
         _doc("Lease of a concurrency slot; streams renew it, a crashed process's expires.", ge=2),
     ] = 30.0
+    redis_max_connections: Annotated[
+        int,
+        _doc(
+            "Redis connections per worker; beyond them requests queue briefly (then 503).",
+            ge=1,
+            le=10000,
+        ),
+    ] = 64
     audit_buffer_rows: Annotated[
         int, _doc("Audit rows held in memory while the database is away (then 503).", ge=10)
     ] = 10000

@@ -69,7 +69,7 @@ async def blocked(scope: Scope, receive: Receive, send: Send) -> None:
     exchange = exchange_of(scope)
     exchange.endpoint = exchange.path if _known_admin(exchange.path) else "/api/*"
     error = EndpointBlocked()
-    exchange.error = error.code
+    exchange.failed(error)
     await send_error(send, error, exchange.surface)
 
 
