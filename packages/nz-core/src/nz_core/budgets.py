@@ -26,6 +26,7 @@ __all__ = [
     "TOTAL_START",
     "Budgets",
     "Period",
+    "PeriodCalendar",
     "PeriodState",
     "Reservation",
     "binding_period",
@@ -107,6 +108,30 @@ def period_bounds(period: Period, now: datetime, tz: ZoneInfo) -> tuple[datetime
     start = datetime(start_date.year, start_date.month, start_date.day, tzinfo=tz)
     end = datetime(end_date.year, end_date.month, end_date.day, tzinfo=tz)
     return start.astimezone(UTC), end.astimezone(UTC)
+
+
+class PeriodCalendar:
+    """:func:`period_bounds` in one timezone, remembered until the period ends.
+
+    The hot path asks for the same bounds on every request, and they change at most
+    once a day; a hit is two comparisons instead of timezone arithmetic. Any ``now``
+    may be asked, in any order: a miss simply recomputes.
+    """
+
+    __slots__ = ("_last", "tz")
+
+    def __init__(self, tz: ZoneInfo) -> None:
+        self.tz = tz
+        self._last: dict[Period, tuple[datetime, datetime | None]] = {}
+
+    def bounds(self, period: Period, now: datetime) -> tuple[datetime, datetime | None]:
+        """The same as ``period_bounds(period, now, self.tz)``."""
+        hit = self._last.get(period)
+        if hit is not None and hit[0] <= now and (hit[1] is None or now < hit[1]):
+            return hit
+        hit = period_bounds(period, now, self.tz)
+        self._last[period] = hit
+        return hit
 
 
 def seconds_until_reset(period: Period, now: datetime, tz: ZoneInfo) -> float | None:

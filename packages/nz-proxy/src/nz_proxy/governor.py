@@ -20,7 +20,7 @@ import structlog
 from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from nz_core.budgets import Period, period_bounds, seconds_until_reset
+from nz_core.budgets import Period, PeriodCalendar, seconds_until_reset
 from nz_core.credentials import KeyPolicy
 from nz_core.errors import DatabaseUnreachable
 from nz_core.ledger import period_tokens
@@ -88,6 +88,7 @@ class Governor:
         self.engine = engine
         self.audit = audit
         self.tz = settings.zone
+        self.calendar = PeriodCalendar(settings.zone)
         self.default_cap = settings.budget_default_completion_cap
         self.lease_ms = int(settings.concurrency_lease_s * 1000)
         self._running: dict[str, tuple[str, Ask]] = {}  # rid → (prefix, ask)
@@ -100,7 +101,7 @@ class Governor:
     def budget_lines(self, policy: KeyPolicy, now: datetime) -> tuple[BudgetLine, ...]:
         lines = []
         for period, limit in policy.budgets.limits().items():
-            start, end = period_bounds(period, now, self.tz)
+            start, end = self.calendar.bounds(period, now)
             ttl = 0 if end is None else int((end - now).total_seconds() * 1000) + COUNTER_GRACE_MS
             lines.append(BudgetLine(period, limit, f"{period.value}:{int(start.timestamp())}", ttl))
         return tuple(lines)
@@ -154,7 +155,7 @@ class Governor:
     async def _rebuild(self, policy: KeyPolicy, line: BudgetLine, now: datetime) -> None:
         """A counter the store lost or never had: the ledger, plus what this process
         has not written to it yet."""
-        start, _ = period_bounds(line.period, now, self.tz)
+        start, _ = self.calendar.bounds(line.period, now)
         try:
             tokens = await period_tokens(self.engine, policy.key_id, line.period, start)
         except DatabaseUnreachable:

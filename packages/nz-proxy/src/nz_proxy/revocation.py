@@ -26,7 +26,7 @@ from nz_core.database import UNREACHABLE_ERRORS
 from nz_proxy.auth import Authenticator
 from nz_proxy.errors import GatewayUnavailable
 
-__all__ = ["ChangeListener", "ChangePoller"]
+__all__ = ["LISTENER_NAME", "ChangeListener", "ChangePoller"]
 
 log = structlog.get_logger("nz_proxy.revocation")
 
@@ -37,6 +37,9 @@ KEEPALIVE_S: Final = 2.0
 # A verification that read the key just before the change may write the shared cache
 # just after the first eviction; a second eviction a moment later removes it.
 SECOND_EVICTION_S: Final = 1.0
+
+
+LISTENER_NAME: Final = "neuronetz-gateway listener"
 
 
 class _Evictor:
@@ -79,7 +82,13 @@ class ChangeListener:
             self.auth.suspend_local()
             conn = None
             try:
-                conn = await asyncpg.connect(self.dsn, timeout=5)
+                conn = await asyncpg.connect(
+                    self.dsn,
+                    timeout=5,
+                    # Named, so operators (and the fault tests) can find it in
+                    # pg_stat_activity among the pool's connections.
+                    server_settings={"application_name": LISTENER_NAME},
+                )
                 closed = asyncio.Event()
                 conn.add_termination_listener(lambda _conn, done=closed: done.set())
                 for channel in CHANNELS:
