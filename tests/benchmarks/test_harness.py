@@ -7,9 +7,6 @@ misread its tools or misreport a target fails CI long before anyone benchmarks.
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import tempfile
 from typing import Any
 
 import pytest
@@ -58,29 +55,13 @@ def test_parse_wrk_refuses_output_without_a_summary() -> None:
         parse_wrk("unable to connect to 127.0.0.1:1 Connection refused", connections=1)
 
 
-def test_the_lua_script_runs_in_wrk_with_any_body_and_header() -> None:
-    # wrk against a closed port: every request fails to connect, but the script must
-    # load (the quoting survives ']]' in the body and key) and the done hook report.
+def test_the_lua_script_quotes_any_body_and_header() -> None:
     body = b'{"content": "]] ]=] \\" \\n"}'
     script = lua_script("POST", body, {"Authorization": "Bearer nz_x]]y"})
-    assert "wrk.body = [==[" in script
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]  # bound, never listening: connections are refused
-        with tempfile.NamedTemporaryFile("w", suffix=".lua") as file:
-            file.write(script)
-            file.flush()
-            wrk = subprocess.run(
-                ["wrk", "-t1", "-c1", "-d1s", "-s", file.name, f"http://127.0.0.1:{port}/"],
-                capture_output=True,
-                text=True,
-                timeout=30,
-                check=False,
-            )
-    assert "error" not in wrk.stderr.lower(), wrk.stderr
-    result = parse_wrk(wrk.stdout, connections=1)
-    assert result.errors > 0
-    assert result.rps == 0
+    # Each long bracket picks a level its text cannot close early.
+    assert 'wrk.body = [==[{"content": "]] ]=] \\" \\n"}]==]' in script
+    assert "wrk.headers[ [[Authorization]] ] = [=[Bearer nz_x]]y]=]" in script
+    assert _MARK in script
 
 
 MONITOR = [
