@@ -12,6 +12,9 @@ import socket
 from typing import Final
 
 import asyncpg
+import sqlalchemy as sa
+
+from nz_core.database import create_engine
 
 PG_HOST: Final = os.environ.get("NZ_TEST_PG_HOST", "127.0.0.1")
 PG_PORT: Final = int(os.environ.get("NZ_TEST_PG_PORT", "5432"))
@@ -67,3 +70,34 @@ async def drop_database(name: str) -> None:
 def redis_url(db: int = REDIS_DB) -> str:
     require_port("Redis", REDIS_HOST, REDIS_PORT, START_REDIS)
     return f"redis://{REDIS_HOST}:{REDIS_PORT}/{db}"
+
+
+def outbound_address() -> str:
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect(("10.255.255.255", 9))  # picks the outbound interface; sends nothing
+        address: str = probe.getsockname()[0]
+        return address
+    finally:
+        probe.close()
+
+
+async def block_database(url_or_name: str, *, allow: bool) -> None:
+    """Let nobody (or everybody again) connect to the database; cut who is connected."""
+    database = url_or_name.rsplit("/", 1)[-1]
+    engine = create_engine(pg_url("postgres"))
+    try:
+        async with engine.connect() as conn:
+            await conn.execute(sa.text("COMMIT"))
+            await conn.execute(
+                sa.text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
+            )
+            if not allow:
+                await conn.execute(
+                    sa.text(
+                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"
+                    ),
+                    {"d": database},
+                )
+    finally:
+        await engine.dispose()

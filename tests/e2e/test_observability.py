@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import uuid
 
@@ -15,6 +14,7 @@ from nz_core import admin
 from nz_core.database import connect
 from nz_core.keys import generate_key
 from nz_core.schema import api_keys, audit_log, prompt_log
+from tests import services
 from tests.e2e.conftest import Deployment, RigFactory
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "The secret word is basil"}]}
@@ -101,16 +101,6 @@ async def test_prompt_log_only_for_keys_that_opted_in(deployment: Deployment) ->
     assert answer in {row.response_text for row in rows}
 
 
-def _outbound_address() -> str:
-    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        probe.connect(("10.255.255.255", 9))  # picks the outbound interface; sends nothing
-        address: str = probe.getsockname()[0]
-        return address
-    finally:
-        probe.close()
-
-
 @pytest.mark.parametrize("deployment", ["production"], indirect=True)
 async def test_metrics_add_up_across_workers_and_stay_local(
     rig: RigFactory, deployment: Deployment
@@ -153,13 +143,14 @@ async def test_metrics_add_up_across_workers_and_stay_local(
     assert "gateway_circuit_breaker_state" in text
     assert key[:12] not in text
     port = r.gateway.url.rsplit(":", 1)[1]
-    remote = httpx.get(f"http://{_outbound_address()}:{port}/metrics")
+    remote = httpx.get(f"http://{services.outbound_address()}:{port}/metrics")
     assert remote.status_code == 404  # not for anyone but the machine itself
     # A local reverse proxy is a loopback peer too: what it forwards came from outside.
     proxied = httpx.get(r.gateway.url + "/metrics", headers={"X-Forwarded-For": "203.0.113.9"})
     assert proxied.status_code == 404
     remote_spoofed = httpx.get(
-        f"http://{_outbound_address()}:{port}/metrics", headers={"X-Forwarded-For": "127.0.0.1"}
+        f"http://{services.outbound_address()}:{port}/metrics",
+        headers={"X-Forwarded-For": "127.0.0.1"},
     )
     assert remote_spoofed.status_code == 404
 

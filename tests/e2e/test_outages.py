@@ -201,14 +201,14 @@ async def test_database_outage_buffers_then_refuses_then_recovers(
         sent: list[int] = [chat(r.gateway.url, key).status_code]
         assert sent == [200]  # the key is cached now
         await accounting(engine, key, 1)  # and its row written: the buffer is empty
-        await _block(name, allow=False)
+        await services.block_database(name, allow=False)
         statuses = [chat(r.gateway.url, key).status_code for _ in range(14)]
         sent += statuses
         assert statuses[:10] == [200] * 10  # buffered while the database is away
         assert statuses[10:] == [503] * 4  # then full: nothing more is served unaudited
         ready = httpx.get(r.gateway.url + "/readyz").json()
         assert ready["checks"]["database"] == "unreachable"
-        await _block(name, allow=True)
+        await services.block_database(name, allow=True)
 
         def serves() -> bool:
             sent.append(chat(r.gateway.url, key).status_code)
@@ -221,27 +221,8 @@ async def test_database_outage_buffers_then_refuses_then_recovers(
         assert audited == ledger > 0
     finally:
         await engine.dispose()
-        await _block(name, allow=True)
+        await services.block_database(name, allow=True)
         await services.drop_database(name)
-
-
-async def _block(database: str, *, allow: bool) -> None:
-    admin_engine = create_engine(services.pg_url("postgres"))
-    try:
-        async with admin_engine.connect() as conn:
-            await conn.execute(sa.text("COMMIT"))
-            await conn.execute(
-                sa.text(f'ALTER DATABASE "{database}" WITH ALLOW_CONNECTIONS {str(allow).lower()}')
-            )
-            if not allow:
-                await conn.execute(
-                    sa.text(
-                        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = :d"
-                    ),
-                    {"d": database},
-                )
-    finally:
-        await admin_engine.dispose()
 
 
 async def test_sigterm_finishes_streams_and_audits_every_request(

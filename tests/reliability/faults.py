@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -43,10 +45,6 @@ class Fault:
     expected: str  # SPEC §6.2's behaviour, for the report
     duration_s: float = 3.0
     reconcile_s: float = 30.0
-    # Known defect (docs/reliability.md): a settlement that fails because Redis is away
-    # is not retried, so the live budget counter keeps that request's reservation (it
-    # over-counts, never under-counts) and its journal entry waits for the reaper.
-    settle_lost: bool = False
 
 
 def _redis_signal(sig: int) -> Callable[[Stack], None]:
@@ -94,7 +92,6 @@ FAULTS = [
         lambda s: s.redis.start(),
         frozenset({"200", "503"}),
         "503 gateway_unavailable; counters rebuilt from the ledger after",
-        settle_lost=True,
     ),
     Fault(
         "redis-paused",
@@ -103,7 +100,6 @@ FAULTS = [
         _redis_signal(signal.SIGCONT),
         frozenset({"200", "503"}),
         "503 within the 0.75 s Redis timeout",
-        settle_lost=True,
     ),
     Fault(
         "postgres-stopped",
@@ -206,9 +202,29 @@ async def _revocation_delay(stack: Stack) -> float:
         await engine.dispose()
 
 
+def _log_size(stack: Stack) -> int:
+    return stack.gateway.log.stat().st_size if stack.gateway is not None else 0
+
+
+def _causes(stack: Stack, offset: int) -> dict[str, int]:
+    """Why the gateway refused what it refused (its log lines' ``cause``), to read a
+    failing row by."""
+    if stack.gateway is None:
+        return {}
+    raw = stack.gateway.log.read_bytes()
+    found: Counter[str] = Counter()
+    for line in raw[offset if offset <= len(raw) else 0 :].splitlines():
+        with contextlib.suppress(ValueError, AttributeError):
+            cause = json.loads(line).get("cause")
+            if cause:
+                found[cause] += 1
+    return dict(found)
+
+
 async def run_fault(stack: Stack, fault: Fault, baseline_s: float = 1.5) -> dict[str, Any]:
     """Inject ``fault`` under traffic, heal it, wait for recovery, balance the books."""
     tenants = await stack.add_tenants(fault.name)
+    log_from = _log_size(stack)
     readiness: list[tuple[float, bool]] = []
     stop_probe = asyncio.Event()
     probe = asyncio.create_task(_probe(stack.url, stop_probe, readiness))
@@ -258,6 +274,7 @@ async def run_fault(stack: Stack, fault: Fault, baseline_s: float = 1.5) -> dict
         "stream_errors": sum(o.stream_error for o in traffic.outcomes if o.started >= injected),
         "detect_s": round(min(noticed), 3) if noticed else None,
         "recover_s": round(served_again, 3) if served_again is not None else None,
+        "causes": _causes(stack, log_from),
         "books": books.summary(),
         "books_detail": {
             "missing": books.missing[:5],

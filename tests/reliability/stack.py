@@ -237,7 +237,8 @@ def stack(**env: str) -> Iterator[Stack]:
     server = RedisServer(free_port(), scratch)
     mock = Mock(free_port(), scratch, ("--token-rate", "200"))
     with contextlib.ExitStack() as cleanup:
-        cleanup.callback(shutil.rmtree, scratch, True)
+        if not os.environ.get("NZ_RELIABILITY_KEEP"):  # set it to read the logs after
+            cleanup.callback(shutil.rmtree, scratch, True)
         postgres.init()
         postgres.start()
         cleanup.callback(postgres.stop, "immediate")

@@ -177,13 +177,17 @@ class Books:
 async def _audit_counts(database_url: str, rids: Sequence[str]) -> Counter[str]:
     engine = create_engine(database_url)
     try:
+        counts: Counter[str] = Counter()
         async with connect(engine) as conn:
-            rows = await conn.execute(
-                sa.select(audit_log.c.request_id, sa.func.count())
-                .where(audit_log.c.request_id.in_(rids))
-                .group_by(audit_log.c.request_id)
-            )
-            return Counter({rid: int(n) for rid, n in rows})
+            # In slices: a query takes at most 32,767 parameters (a long soak has more).
+            for start in range(0, len(rids), 10_000):
+                rows = await conn.execute(
+                    sa.select(audit_log.c.request_id, sa.func.count())
+                    .where(audit_log.c.request_id.in_(rids[start : start + 10_000]))
+                    .group_by(audit_log.c.request_id)
+                )
+                counts.update({rid: int(n) for rid, n in rows})
+        return counts
     finally:
         await engine.dispose()
 

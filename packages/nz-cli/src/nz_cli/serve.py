@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from granian.constants import HTTPModes, Interfaces, Loops
+from granian.http import HTTP1Settings
 from granian.server import Server
 
 from nz_cli.runner import fail
@@ -84,6 +85,12 @@ def _serve(config: Settings) -> None:
         # of the asyncio loop at the same CPU (docs/benchmarks.md).
         loop=Loops.uvloop,
         log_access=False,
+        # Slow or idle clients: a connection that has not sent its headers in 10 s is
+        # closed (Granian's default, 30 s, let ~1,000 idle sockets hold every slot),
+        # and each worker takes far more connections than the default 1024 / workers.
+        http1_settings=HTTP1Settings(header_read_timeout=10_000),
+        backlog=4096,
+        backpressure=4096,
         respawn_failed_workers=True,
         # In-flight streams get this long to finish on shutdown (SPEC §4, step 6).
         workers_kill_timeout=30,

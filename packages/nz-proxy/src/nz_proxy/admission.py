@@ -40,6 +40,7 @@ class Ticket:
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     ask: Ask | None = None  # what the state store was asked, for settlement
     reserved: int = 0  # tokens held for it until settlement
+    admitted_ms: int = 0  # wall clock, for a store that lost the reservation meanwhile
 
 
 class Admission(Protocol):
@@ -55,5 +56,11 @@ class Admission(Protocol):
     async def settle(
         self, ticket: Ticket, tokens_in: int, tokens_out: int, journal: bytes = b""
     ) -> Settled:
-        """Replace the ticket's reservation by what was used. Called exactly once."""
+        """Replace the ticket's reservation by what was used. Called exactly once.
+        ``PENDING``, and ``UNKNOWN`` with a ``journal``: the admission took the audit
+        row and records it itself (once the store answers again, for ``PENDING``)."""
+        ...
+
+    async def close(self) -> None:
+        """Complete what is still owed (graceful stop)."""
         ...

@@ -105,6 +105,7 @@ def build_gateway(settings: Settings) -> Gateway:
     jobs: list[Job] = [governor.renew_leases, partial(sweeper, engine)]
     if redis is not None:
         jobs.append(partial(reaper, store, audit, settings.concurrency_lease_s))
+        jobs.append(governor.backlog.run)
     if is_sqlite(settings.database_url):
         jobs.append(ChangePoller(engine, auth).run)
     else:

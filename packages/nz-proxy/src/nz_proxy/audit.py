@@ -30,7 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from nz_core.budgets import Period, period_bounds
 from nz_core.errors import DatabaseError
 from nz_core.ledger import record
-from nz_proxy.exchange import Exchange
+from nz_proxy.exchange import Exchange, redact_path
 from nz_proxy.state import StateStore
 
 __all__ = ["AuditRow", "AuditWriter", "PromptRecord", "decode_row", "encode_row", "row_of"]
@@ -39,6 +39,8 @@ log = structlog.get_logger("nz_proxy.audit")
 
 FLUSH_INTERVAL_S: Final = 0.2
 BATCH_ROWS: Final = 1000
+# Journal entries whose release failed, kept to retry (the reaper covers any more).
+MAX_UNRELEASED: Final = 100_000
 
 
 class AuditRow(msgspec.Struct, array_like=True, frozen=True):
@@ -131,7 +133,7 @@ def row_of(exchange: Exchange, *, status: int | None = None) -> AuditRow:
         tenant_id=policy.tenant_id if policy else None,
         key_id=policy.key_id if policy else None,
         key_prefix=exchange.key_prefix,
-        endpoint=exchange.endpoint or exchange.path[:200],
+        endpoint=exchange.endpoint or redact_path(exchange.path)[:200],
         model=exchange.model,
         tokens_in=exchange.tokens_in,
         tokens_out=exchange.tokens_out,
@@ -163,7 +165,11 @@ class AuditWriter:
         # (row, release its journal entry once written)
         self._rows: deque[tuple[AuditRow, bool]] = deque()
         self._prompts: deque[PromptRecord] = deque()
+        self._unreleased: list[tuple[str, str]] = []  # journal entries Redis missed
         self._wake = asyncio.Event()
+        # Held while a batch moves from the buffer to the ledger, so a counter rebuilt
+        # from ledger + buffer sees each row exactly once (never mid-move).
+        self.flushing = asyncio.Lock()
         self.healthy = True
         self.written = 0
 
@@ -184,7 +190,7 @@ class AuditWriter:
 
     def observe(self, exchange: Exchange) -> None:
         """The recorder's observer: every API request leaves one row."""
-        if exchange.audited:
+        if exchange.audited and not exchange.row_owed:
             self.record(row_of(exchange), release=exchange.journaled)
 
     def record_prompt(self, prompt: PromptRecord) -> None:
@@ -202,7 +208,20 @@ class AuditWriter:
     async def flush(self) -> bool:
         """Write one batch. False when the database refused it (the rows stay)."""
         if not self._rows and not self._prompts:
+            if self._unreleased:
+                await self._release(())
             return True
+        async with self.flushing:
+            rows = await self._write()
+        if rows is None:
+            return False
+        await self._release(
+            [(row.key_prefix or "", row.id.hex()) for row, release in rows if release]
+        )
+        return True
+
+    async def _write(self) -> list[tuple[AuditRow, bool]] | None:
+        """Move one batch from the buffer to the database; None if it refused."""
         rows = [self._rows[i] for i in range(min(self.batch, len(self._rows)))]
         prompts = [self._prompts[i] for i in range(min(self.batch, len(self._prompts)))]
         try:
@@ -216,25 +235,28 @@ class AuditWriter:
             if self.healthy:
                 log.warning("audit_flush_failed", error=str(exc), waiting=len(self._rows))
             self.healthy = False
-            return False
+            return None
         for _ in rows:
             self._rows.popleft()
         for _ in prompts:
             self._prompts.popleft()
         self.healthy = True
         self.written += len(rows)
-        await self._release(
-            [(row.key_prefix or "", row.id.hex()) for row, release in rows if release]
-        )
-        return True
+        return rows
 
     async def _release(self, entries: Sequence[tuple[str, str]]) -> None:
+        entries = [*self._unreleased, *entries]
         if not entries:
             return
         try:
             await self.store.release(entries)
-        except RedisError as exc:  # Redis away: the reaper releases them later
+        except RedisError as exc:
+            # Retried with the next batch. Past the bound, the reaper finds them once
+            # their grace is over (and audits them again, which writes nothing).
             log.warning("journal_release_failed", error=type(exc).__name__, rows=len(entries))
+            self._unreleased = entries[-MAX_UNRELEASED:]
+        else:
+            self._unreleased = []
 
     async def run(self) -> None:
         """Flush until cancelled, backing off while the database is away."""

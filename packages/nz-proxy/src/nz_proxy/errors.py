@@ -88,6 +88,17 @@ class InvalidRequest(GatewayError):
         self.param = param
 
 
+class BodyTimeout(GatewayError):
+    """The body did not arrive within its deadline (a slow client holding a slot)."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"The request body did not arrive within {seconds:g} s.")
+
+
 class InvalidApiKey(GatewayError):
     """Missing, malformed, unknown, wrong or revoked key: one body for all of them."""
 

@@ -28,6 +28,7 @@ __all__ = [
     "Network",
     "client_address",
     "exchange_of",
+    "redact_path",
     "request_id_from",
     "surface_of",
     "uuid7",
@@ -36,6 +37,15 @@ __all__ = [
 SCOPE_KEY: Final = "nz.exchange"
 _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+_KEY_TAIL: Final = re.compile(r"(nz_[0-9A-Za-z]{9})[0-9A-Za-z]+")
+
+
+def redact_path(path: str) -> str:
+    """A path no route matched, as it may be logged and audited: anything shaped like
+    an API key is cut to its prefix (a key pasted into a URL must not reach the logs)."""
+    return _KEY_TAIL.sub(r"\1…", path)
 
 
 def request_id_from(value: bytes | None) -> str:
@@ -125,6 +135,8 @@ class Exchange:
     audited: bool = True
     # Its row was also journaled beside its reservation: release it once written.
     journaled: bool = False
+    # Its settlement waits for the state store, and its audit row waits with it.
+    row_owed: bool = False
 
     @classmethod
     def begin(cls, scope: Scope, trusted: Sequence[Network]) -> Exchange:

@@ -86,7 +86,11 @@ class NdjsonSplitter:
         return tail or None
 
     def _check_size(self) -> None:
-        if self._max_line is not None and len(self._buf) > self._max_line:
+        # A trailing CR may be half of a CRLF: it does not count until the next byte.
+        if (
+            self._max_line is not None
+            and len(self._buf) - self._buf.endswith(b"\r") > self._max_line
+        ):
             size = len(self._buf)
             self._buf.clear()
             raise LineTooLong(f"line exceeds {self._max_line} bytes (buffered {size})")

@@ -80,6 +80,7 @@ class Gateway:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks.clear()
+        await self.admission.close()
         await self.audit.drain(timeout_s=10.0)
         await self.upstream.close()
         await self.store.close()

@@ -5,8 +5,9 @@ Per request it builds the key's budget periods (calendar day and month in
 ``BUDGET_TIMEZONE``, and all time), asks the store once, and turns the decision into
 either a ticket with the headers of SPEC §6.5, or a 429 with ``Retry-After``. A budget
 counter the store does not know (Redis restarted, a new period began) is rebuilt from
-the ledger first. Settlement is one more store call. Leases of requests still running
-are renewed in one batch every third of the lease time.
+the ledger first. Settlement is one more store call, replayed by
+:mod:`nz_proxy.settlements` when Redis does not answer. Leases of requests still
+running are renewed in one batch every third of the lease time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Final
 
 import structlog
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nz_core.budgets import Period, PeriodCalendar, seconds_until_reset
@@ -26,9 +28,10 @@ from nz_core.errors import DatabaseUnreachable
 from nz_core.ledger import period_tokens
 from nz_core.limiter import Ask, BudgetLine, Decision
 from nz_proxy.admission import Demand, Ticket
-from nz_proxy.audit import AuditWriter
+from nz_proxy.audit import AuditWriter, decode_row
 from nz_proxy.errors import BudgetExhausted, GatewayError, GatewayUnavailable, LimitExceeded
 from nz_proxy.settings import Settings
+from nz_proxy.settlements import Backlog, Gate, Owed
 from nz_proxy.state import Settled, StateStore
 
 __all__ = ["Governor", "duration", "rate_headers"]
@@ -92,6 +95,9 @@ class Governor:
         self.default_cap = settings.budget_default_completion_cap
         self.lease_ms = int(settings.concurrency_lease_s * 1000)
         self._running: dict[str, tuple[str, Ask]] = {}  # rid → (prefix, ask)
+        # Settlements Redis could not take, replayed when it answers again.
+        self.gate = Gate()
+        self.backlog = Backlog(store, audit, self.gate)
 
     @property
     def journals(self) -> bool:
@@ -138,6 +144,7 @@ class Governor:
             headers=headers,
             ask=ask,
             reserved=decision.reserved,
+            admitted_ms=int(now.timestamp() * 1000),
         )
 
     async def _decide(self, policy: KeyPolicy, ask: Ask, journal: bytes, now: datetime) -> Decision:
@@ -145,6 +152,9 @@ class Governor:
             try:
                 decision = await self.store.admit(policy.prefix, ask, journal)
             except RedisError as exc:
+                if ask.inference and isinstance(exc, RedisTimeout):
+                    # Sent, maybe run later: a frozen Redis reads it when it thaws.
+                    self.backlog.cancel(policy.prefix, ask, int(now.timestamp() * 1000))
                 raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
             if not decision.missing:
                 return decision
@@ -156,15 +166,17 @@ class Governor:
         """A counter the store lost or never had: the ledger, plus what this process
         has not written to it yet."""
         start, _ = self.calendar.bounds(line.period, now)
-        try:
-            tokens = await period_tokens(self.engine, policy.key_id, line.period, start)
-        except DatabaseUnreachable:
-            raise GatewayUnavailable("database") from None
-        tokens += self.audit.pending_tokens(policy.key_id, line.period, start)
-        try:
-            await self.store.seed(policy.prefix, line.counter, tokens, line.ttl_ms)
-        except RedisError as exc:
-            raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
+        async with self.gate.rebuild():
+            async with self.audit.flushing:
+                try:
+                    tokens = await period_tokens(self.engine, policy.key_id, line.period, start)
+                except DatabaseUnreachable:
+                    raise GatewayUnavailable("database") from None
+                tokens += self.audit.pending_tokens(policy.key_id, line.period, start)
+            try:
+                await self.store.seed(policy.prefix, line.counter, tokens, line.ttl_ms)
+            except RedisError as exc:
+                raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
         log.info(
             "budget_counter_rebuilt", key_prefix=policy.prefix, period=line.period, tokens=tokens
         )
@@ -200,15 +212,29 @@ class Governor:
         if ask is None or not ask.inference:
             return Settled.SETTLED  # only inference reserves anything
         self._running.pop(ask.rid, None)
-        try:
-            return await self.store.settle(
-                ticket.policy.prefix, ask, tokens_in + tokens_out, journal
-            )
-        except RedisError:
-            # The reservation stays counted (the safe side) and its journal entry will
-            # be reaped once its lease runs out; the audit row goes through this process.
-            log.warning("settle_failed", key_prefix=ticket.policy.prefix, rid=ask.rid)
-            return Settled.UNKNOWN
+        tokens = tokens_in + tokens_out
+        async with self.gate.settlement():
+            try:
+                outcome = await self.store.settle(
+                    ticket.policy.prefix, ask, tokens, journal, ticket.admitted_ms
+                )
+            except RedisError:
+                # The reservation stays counted (the safe side) until Redis answers
+                # again; the audit row waits with the settlement, whose outcome it
+                # depends on.
+                owed = Owed(
+                    ticket.policy.prefix, ask, tokens, ticket.reserved, journal, ticket.admitted_ms
+                )
+                self.backlog.add(owed)
+                return Settled.PENDING
+            if outcome is Settled.UNKNOWN and journal:
+                # Redis lost the reservation. No counter rebuilt from here on may miss
+                # this row: it goes to the audit buffer before the gate opens.
+                self.audit.record(decode_row(journal), release=False)
+        return outcome
+
+    async def close(self) -> None:
+        await self.backlog.close()
 
     @property
     def running(self) -> int:

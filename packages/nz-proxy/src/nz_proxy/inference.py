@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Final
 
 import msgspec
@@ -45,10 +46,17 @@ from nz_proxy.errors import (
     UpstreamUnavailable,
 )
 from nz_proxy.exchange import Exchange, exchange_of
-from nz_proxy.framing import NdjsonSplitter
+from nz_proxy.framing import LineTooLong, NdjsonSplitter
 from nz_proxy.gateway import Gateway
+from nz_proxy.openapi import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+    conform,
+)
 from nz_proxy.promptlog import Transcript
-from nz_proxy.responses import send_bytes, send_error, start
+from nz_proxy.responses import answer_unread_body, send_bytes, send_error, start
 from nz_proxy.state import Settled
 from nz_proxy.translate import (
     apply_completion_cap,
@@ -134,22 +142,30 @@ def _native_model(body: dict[str, Any]) -> str:
     return model
 
 
-def _native_generation(body: dict[str, Any]) -> Prepared:
+def _native_generation(schema: type[msgspec.Struct], body: dict[str, Any]) -> Prepared:
     model = _native_model(body)
-    stream = body.get("stream", True)  # Ollama streams unless told not to
+    stream = body.get("stream")
+    if stream is None:
+        stream = True  # Ollama streams unless told not to
     if not isinstance(stream, bool):
         raise InvalidRequest("stream must be true or false", param="stream")
+    # The body is forwarded as sent, so it must be what the document says Ollama takes.
+    conform(body, schema)
     answer = NativeAnswer()
     return Prepared(body, model, stream, answer, answer if stream else None)
 
 
 def _native_embed(body: dict[str, Any]) -> Prepared:
-    return Prepared(body, _native_model(body), False, NativeAnswer())
+    model = _native_model(body)
+    conform(body, OllamaEmbedRequest)
+    return Prepared(body, model, False, NativeAnswer())
 
 
 def _native_legacy_embeddings(body: dict[str, Any]) -> Prepared:
+    model = _native_model(body)
+    conform(body, OllamaEmbeddingsRequest)
     # The legacy answer has no prompt_eval_count: the prompt is charged at its estimate.
-    return Prepared(body, _native_model(body), False, NativeAnswer(counts_prompt=False))
+    return Prepared(body, model, False, NativeAnswer(counts_prompt=False))
 
 
 ENDPOINTS: Final = {
@@ -162,8 +178,20 @@ ENDPOINTS: Final = {
         Inference(
             "/v1/embeddings", Surface.OPENAI, Scope.EMBEDDINGS, "/api/embed", _openai_embeddings
         ),
-        Inference("/api/chat", Surface.OLLAMA, Scope.CHAT, "/api/chat", _native_generation),
-        Inference("/api/generate", Surface.OLLAMA, Scope.CHAT, "/api/generate", _native_generation),
+        Inference(
+            "/api/chat",
+            Surface.OLLAMA,
+            Scope.CHAT,
+            "/api/chat",
+            partial(_native_generation, OllamaChatRequest),
+        ),
+        Inference(
+            "/api/generate",
+            Surface.OLLAMA,
+            Scope.CHAT,
+            "/api/generate",
+            partial(_native_generation, OllamaGenerateRequest),
+        ),
         Inference("/api/embed", Surface.OLLAMA, Scope.EMBEDDINGS, "/api/embed", _native_embed),
         Inference(
             "/api/embeddings",
@@ -215,6 +243,7 @@ async def serve_inference(
         return
     except ClientGone:
         exchange.status = 499
+        await answer_unread_body(send, endpoint.surface)
         return
     transcript = Transcript() if policy.prompt_log else None
     with gateway.in_flight():
@@ -317,7 +346,9 @@ async def _settle(gateway: Gateway, ticket: Ticket, exchange: Exchange) -> None:
         journal = encode_row(row_of(exchange, status=exchange.status or 499))
         exchange.journaled = True
     outcome = await admission.settle(ticket, exchange.tokens_in, exchange.tokens_out, journal)
-    if outcome is Settled.ABANDONED:
+    if outcome is Settled.PENDING or (outcome is Settled.UNKNOWN and journal):
+        exchange.row_owed = True  # the admission records this row
+    elif outcome is Settled.ABANDONED:
         # Its lease ran out and another process settled it at its reservation; the
         # audit row must say the same, or the ledger and the counters would disagree.
         exchange.tokens_in = ticket.demand.prompt_estimate
@@ -358,6 +389,8 @@ async def _stream(
             failure = "The model backend ended the stream early."
     except StreamBroken:
         failure = "The model backend failed during the stream."
+    except LineTooLong:  # a backend sending a frame without end must not grow us
+        failure = "The model backend sent a frame too large to pass on."
     if failure is not None:
         exchange.error = UpstreamUnavailable.code
         await send({"type": "http.response.body", "body": answer.error(failure), "more_body": True})

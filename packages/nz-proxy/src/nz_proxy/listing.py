@@ -30,7 +30,8 @@ from nz_proxy.errors import (
 from nz_proxy.exchange import Exchange, exchange_of
 from nz_proxy.gateway import Gateway
 from nz_proxy.inference import upstream_error
-from nz_proxy.responses import MEDIA_JSON, send_bytes, send_error
+from nz_proxy.openapi import OllamaShowRequest, conform
+from nz_proxy.responses import MEDIA_JSON, answer_unread_body, send_bytes, send_error
 from nz_proxy.translate import model_object, models_list
 from nz_proxy.types import Receive, Scope, Send
 from nz_proxy.upstream import StreamBroken
@@ -83,6 +84,7 @@ async def serve_listing(
         await _refuse(send, exchange, error, surface, ticket.headers)
     except ClientGone:
         exchange.status = 499
+        await answer_unread_body(send, surface)
     else:
         await send_bytes(send, 200, body, MEDIA_JSON, ticket.headers, head=head)
     finally:
@@ -166,7 +168,9 @@ async def running(gateway: Gateway, policy: KeyPolicy, scope: Scope, receive: Re
 async def show(gateway: Gateway, policy: KeyPolicy, scope: Scope, receive: Receive) -> bytes:
     headers = dict(scope["headers"])
     body = parse_json_object(await read_body(receive, headers, gateway.settings.max_request_bytes))
-    requested = body.get("model", body.get("name"))
+    conform(body, OllamaShowRequest)
+    # Ollama's own rule: `name` when `model` is empty.
+    requested = body.get("model") or body.get("name")
     if not isinstance(requested, str) or not requested.strip():
         raise InvalidRequest("model is required", param="model")
     name = normalize_model(requested)

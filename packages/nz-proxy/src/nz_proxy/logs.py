@@ -10,7 +10,7 @@ from typing import Any
 
 import structlog
 
-from nz_proxy.exchange import Exchange
+from nz_proxy.exchange import Exchange, redact_path
 from nz_proxy.settings import Settings
 
 __all__ = ["configure_logging", "request_fields"]
@@ -43,7 +43,7 @@ def request_fields(exchange: Exchange) -> dict[str, Any]:
     return {
         "request_id": exchange.request_id,
         "method": exchange.method,
-        "endpoint": exchange.endpoint or exchange.path,
+        "endpoint": exchange.endpoint or redact_path(exchange.path),
         "status": exchange.status,
         "tenant": policy.tenant if policy else None,
         "key_prefix": exchange.key_prefix,

@@ -6,10 +6,11 @@ its own shape (SPEC §6.1).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Final
 
-from nz_proxy.errors import GatewayError, Surface, render
+from nz_proxy.errors import GatewayError, InvalidRequest, Surface, render
 from nz_proxy.types import Send
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "MEDIA_NDJSON",
     "MEDIA_SSE",
     "MEDIA_TEXT",
+    "answer_unread_body",
     "send_bytes",
     "send_error",
     "start",
@@ -61,6 +63,14 @@ async def send_error(
     headers = [(k.lower().encode(), v.encode()) for k, v in error.headers().items()]
     headers += error.extra_headers
     await send_bytes(send, error.status, render(error, surface), headers=[*headers, *extra])
+
+
+async def answer_unread_body(send: Send, surface: Surface) -> None:
+    """The body never arrived whole. Either the client left, or its chunked framing was
+    broken, which the server reports as a disconnect too: answer 400 in case someone is
+    still listening (a send to a closed connection is dropped)."""
+    with contextlib.suppress(Exception):
+        await send_error(send, InvalidRequest("The request body could not be read."), surface)
 
 
 async def start(send: Send, media_type: bytes, headers: Iterable[tuple[bytes, bytes]] = ()) -> None:

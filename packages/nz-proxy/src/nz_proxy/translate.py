@@ -40,6 +40,7 @@ import msgspec
 
 from nz_proxy.errors import InvalidRequest
 from nz_proxy.framing import SSE_DONE
+from nz_proxy.openapi import Base64, Format, KeepAlive, Options, Think, Tool, conform
 
 __all__ = [
     "ChatStream",
@@ -244,19 +245,30 @@ def _sampling_options(body: Mapping[str, Any], *, chat: bool) -> dict[str, Any]:
     return options
 
 
+# Ollama's own fields, checked against the types the native surface is checked against.
+_PASSTHROUGH: Final[dict[str, Any]] = {
+    "keep_alive": KeepAlive,
+    "format": Format,
+    "think": Think,
+    "truncate": bool,
+    "images": list[Base64],
+}
+
+
 def _passthrough(
     body: Mapping[str, Any], native: dict[str, Any], mapped: dict[str, Any], keys: Iterable[str]
 ) -> None:
     """Copy Ollama's own fields the client sent, and merge ``options``.
 
     The client's ``options`` are kept; the fields mapped from OpenAI names override the
-    same keys. Types are checked lightly, enough that Ollama never sees a shape it
-    would answer with a Go unmarshal error.
+    same keys. Each is checked as ``/api`` checks it (:mod:`nz_proxy.openapi`), so
+    Ollama never sees a shape it would refuse with a Go unmarshal error.
     """
     client_options = body.get("options")
     if client_options is not None and not isinstance(client_options, Mapping):
         raise InvalidRequest("'options' must be an object.", param="options")
     if client_options:
+        conform(client_options, Options, "options")
         native["options"] = {**client_options, **mapped}
     elif mapped:
         native["options"] = mapped
@@ -264,18 +276,7 @@ def _passthrough(
         value = body.get(key)
         if value is None:
             continue
-        if key == "keep_alive":
-            ok = isinstance(value, str) or _is_number(value)
-        elif key == "format":
-            ok = isinstance(value, str | Mapping)
-        elif key == "think":
-            ok = isinstance(value, bool | str)
-        elif key == "truncate":
-            ok = isinstance(value, bool)
-        else:  # images
-            ok = isinstance(value, list) and all(isinstance(item, str) for item in value)
-        if not ok:
-            raise InvalidRequest(f"'{key}' has the wrong type.", param=key)
+        conform(value, _PASSTHROUGH[key], key)
         native[key] = value
 
 
@@ -480,7 +481,7 @@ def _parse_arguments(raw: object, at: str) -> dict[str, Any]:
     if isinstance(raw, str):
         try:
             parsed = _decode(raw)
-        except msgspec.DecodeError:
+        except (msgspec.DecodeError, RecursionError):
             parsed = None
         if isinstance(parsed, dict):
             return parsed
@@ -496,6 +497,7 @@ def _tools(body: Mapping[str, Any]) -> list[Any] | None:
     for i, tool in enumerate(tools):
         if not isinstance(tool, Mapping):
             raise InvalidRequest(f"'tools[{i}]' must be an object.", param=f"tools[{i}]")
+    conform(tools, list[Tool], "tools")  # passed to Ollama as they are
     # Ollama has no tool_choice; "none" can still be honoured by not offering tools.
     if body.get("tool_choice") == "none":
         return None
@@ -535,21 +537,24 @@ def _response_format(value: object) -> str | Mapping[str, Any] | None:
 
 
 def _reasoning(body: Mapping[str, Any]) -> bool | str | None:
+    # Both spellings are checked, even when the nested one wins.
+    think = _effort(body.get("reasoning_effort"), "reasoning_effort")
     reasoning = body.get("reasoning")
-    param = "reasoning_effort"
-    effort: object = body.get("reasoning_effort")
     if reasoning is not None:
         if not isinstance(reasoning, Mapping):
             raise InvalidRequest("'reasoning' must be an object.", param="reasoning")
-        if reasoning.get("effort") is not None:
-            effort, param = reasoning.get("effort"), "reasoning.effort"
+        nested = _effort(reasoning.get("effort"), "reasoning.effort")
+        if nested is not None:
+            think = nested
+    return think
+
+
+def _effort(effort: object, param: str) -> bool | str | None:
     if effort is None:
         return None
     think = _EFFORT.get(effort) if isinstance(effort, str) else None
     if think is None:
-        raise InvalidRequest(
-            f"'{param}' must be one of none, minimal, low, medium, high, xhigh.", param=param
-        )
+        raise InvalidRequest(f"'{param}' must be one of {', '.join(_EFFORT)}.", param=param)
     return think
 
 

@@ -67,7 +67,7 @@ async def blocked(scope: Scope, receive: Receive, send: Send) -> None:
     other path under /api: administration of the backend never goes through the
     gateway. (A mount, so it catches whatever the routes above do not.)"""
     exchange = exchange_of(scope)
-    exchange.endpoint = exchange.path if _known_admin(exchange.path) else "/api/*"
+    exchange.endpoint = _admin_template(exchange.path)
     error = EndpointBlocked()
     exchange.failed(error)
     await send_error(send, error, exchange.surface)
@@ -76,8 +76,12 @@ async def blocked(scope: Scope, receive: Receive, send: Send) -> None:
 _ADMIN = ("/api/pull", "/api/push", "/api/create", "/api/copy", "/api/delete")
 
 
-def _known_admin(path: str) -> bool:
-    return path in _ADMIN or path.startswith("/api/blobs/")
+def _admin_template(path: str) -> str:
+    """The endpoint to record: a template, never the client's own path (it becomes a
+    metrics label, and a client may put anything in it, a key included)."""
+    if path in _ADMIN:
+        return path
+    return "/api/blobs/*" if path.startswith("/api/blobs/") else "/api/*"
 
 
 @asgi("/", is_mount=False, copy_scope=False)

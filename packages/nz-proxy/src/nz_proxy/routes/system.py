@@ -1,7 +1,9 @@
-"""Probes: liveness and readiness. Not API traffic, so never audited."""
+"""Probes and documents: liveness, readiness, metrics, the playground and the OpenAPI
+document. Not API traffic, so never audited."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import msgspec
@@ -12,6 +14,7 @@ from nz_proxy.exchange import exchange_of
 from nz_proxy.health import readiness
 from nz_proxy.metrics import CONTENT_TYPE
 from nz_proxy.metrics import render as render_metrics
+from nz_proxy.openapi import openapi_document
 from nz_proxy.playground import HEADERS as PLAYGROUND_HEADERS
 from nz_proxy.playground import page
 from nz_proxy.responses import send_bytes, send_error
@@ -95,4 +98,17 @@ async def playground(scope: Scope, receive: Receive, send: Send) -> None:
     )
 
 
-ROUTES = [healthz, readyz, metrics, playground]
+@functools.cache
+def _openapi_bytes() -> bytes:
+    # Built on first use (a throwaway Litestar app), then the same bytes every time.
+    return msgspec.json.encode(openapi_document())
+
+
+@asgi("/openapi.json", is_mount=False, copy_scope=False)
+async def openapi(scope: Scope, receive: Receive, send: Send) -> None:
+    """The OpenAPI document. No key: it describes the API, not any tenant's data."""
+    if await _probe(scope, send):
+        await send_bytes(send, 200, _openapi_bytes(), head=scope["method"] == "HEAD")
+
+
+ROUTES = [healthz, readyz, metrics, playground, openapi]

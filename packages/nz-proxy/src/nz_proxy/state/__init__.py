@@ -31,6 +31,7 @@ class Settled(Enum):
     SETTLED = "settled"  # the reservation was replaced by the tokens used
     ABANDONED = "abandoned"  # its lease had run out: it stays counted as reserved
     UNKNOWN = "unknown"  # nothing to settle (the state was lost, e.g. Redis restarted)
+    PENDING = "pending"  # the store did not answer: settled later, with the audit row
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +55,14 @@ class StateStore(Protocol):
         """One round trip: check and, when admitted, record (SPEC §4.4)."""
         ...
 
-    async def settle(self, prefix: str, ask: Ask, tokens: int, journal: bytes) -> Settled:
-        """One round trip: replace ``ask``'s reservation by ``tokens``."""
+    async def settle(
+        self, prefix: str, ask: Ask, tokens: int, journal: bytes, admitted_ms: int | None = None
+    ) -> Settled:
+        """One round trip: replace ``ask``'s reservation by ``tokens``.
+
+        When the reservation is gone because the store lost its state (``UNKNOWN``),
+        ``tokens`` are added to the budget counters rebuilt after ``admitted_ms``
+        (wall-clock ms): the rebuild cannot have counted a request still running."""
         ...
 
     async def renew(self, leases: Sequence[tuple[str, Ask]]) -> None:

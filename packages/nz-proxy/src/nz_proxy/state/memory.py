@@ -146,7 +146,11 @@ class MemoryStore:
                 return WindowCheck(False, used, 0, wait, reset)
         raise AssertionError("unreachable: the window empties after its last bucket")
 
-    async def settle(self, prefix: str, ask: Ask, tokens: int, journal: bytes) -> Settled:
+    async def settle(
+        self, prefix: str, ask: Ask, tokens: int, journal: bytes, admitted_ms: int | None = None
+    ) -> Settled:
+        # In-process state lives as long as the requests it admitted: never lost under
+        # them, so ``admitted_ms`` is never needed.
         return self.settle_now(prefix, ask, tokens, self.clock())
 
     def settle_now(self, prefix: str, ask: Ask, tokens: int, now: int) -> Settled:

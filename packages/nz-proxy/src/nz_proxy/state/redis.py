@@ -41,6 +41,11 @@ def counter_key(prefix: str, counter: str) -> str:
     return f"gw:{{{prefix}}}:budget:{counter}"
 
 
+def rebuilt_key(prefix: str, counter: str) -> str:
+    """When the counter was last rebuilt from the ledger (Redis ms)."""
+    return f"gw:{{{prefix}}}:rebuilt:{counter}"
+
+
 def _prefix_of(journal_key: str) -> str:
     return journal_key[journal_key.index("{") + 1 : journal_key.index("}")]
 
@@ -138,16 +143,20 @@ class RedisStore:
             budget_states=states,
         )
 
-    async def settle(self, prefix: str, ask: Ask, tokens: int, journal: bytes) -> Settled:
+    async def settle(
+        self, prefix: str, ask: Ask, tokens: int, journal: bytes, admitted_ms: int | None = None
+    ) -> Settled:
         _, tpm_key, lease_key, journal_key = key_names(prefix)
         keys = [tpm_key, lease_key, journal_key]
         keys += [counter_key(prefix, b.counter) for b in ask.budgets]
+        keys += [rebuilt_key(prefix, b.counter) for b in ask.budgets]
         args: list[str | int | bytes] = [
             ask.rid,
             self._now(),
             tokens,
             int(ask.limits.tpm is not None),
             journal,
+            "" if admitted_ms is None else admitted_ms,
         ]
         outcome = int(await self._settle(keys=keys, args=args))
         return {1: Settled.SETTLED, 2: Settled.ABANDONED}.get(outcome, Settled.UNKNOWN)
@@ -162,7 +171,8 @@ class RedisStore:
             await pipe.execute()
 
     async def seed(self, prefix: str, counter: str, tokens: int, ttl_ms: int) -> None:
-        await self._seed(keys=[counter_key(prefix, counter)], args=[tokens, ttl_ms])
+        keys = [counter_key(prefix, counter), rebuilt_key(prefix, counter)]
+        await self._seed(keys=keys, args=[tokens, ttl_ms, self._now()])
 
     async def reap(self, grace_ms: int) -> list[JournalEntry]:
         found: list[JournalEntry] = []

@@ -1,12 +1,27 @@
 -- Set a budget counter that is unknown (rebuilt from the ledger); a known one wins.
--- KEYS: 1 counter   ARGV: 1 tokens, 2 ttl ms (0 = never expires)
+-- The time of the rebuild is kept beside it: a request admitted before then, whose
+-- reservation was lost with the old counter, adds its tokens when it settles.
+-- KEYS: 1 counter, 2 its rebuild time   ARGV: 1 tokens, 2 ttl ms (0 = never expires),
+--       3 now ms ('' = Redis TIME)
 -- Returns 1 when set, 0 when it already existed.
 local ttl = tonumber(ARGV[2])
+local now
+if ARGV[3] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  now = tonumber(ARGV[3])
+end
 local set
 if ttl > 0 then
   set = redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ttl)
 else
   set = redis.call('SET', KEYS[1], ARGV[1], 'NX')
 end
-if set then return 1 end
-return 0
+if not set then return 0 end
+if ttl > 0 then
+  redis.call('SET', KEYS[2], now, 'PX', ttl)
+else
+  redis.call('SET', KEYS[2], now)
+end
+return 1

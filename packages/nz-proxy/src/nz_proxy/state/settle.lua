@@ -1,16 +1,35 @@
 -- Settle one admitted request: its reservation is replaced by the tokens it used,
 -- exactly once (SPEC §4.4). Mirrors nz_core.limiter.KeyState.settle.
 --
--- KEYS: 1 token window, 2 leases, 3 journal, 4.. the budget counters it was admitted on
+-- KEYS: 1 token window, 2 leases, 3 journal, then the n budget counters it was
+--       admitted on, then their n rebuild times
 -- ARGV: 1 rid, 2 now ms ('' = Redis TIME), 3 tokens used, 4 token window kept (0|1),
---       5 audit row to journal ('' = none)
+--       5 audit row to journal ('' = none), 6 admitted at ms ('' = unknown)
 -- Returns 1 settled, 2 abandoned (its lease ran out and it was reaped), 0 unknown.
 local BUCKET, BUCKETS = 10000, 6
 local rid = ARGV[1]
+local n = (#KEYS - 3) / 2
 redis.call('ZREM', KEYS[2], rid)
 local entry = redis.call('HGET', KEYS[3], rid)
-if not entry then return 0 end
-if string.sub(entry, 1, 2) ~= 'R|' then return 2 end
+if not entry then
+  -- Its reservation was lost (Redis lost its state). A counter rebuilt from the
+  -- ledger since it was admitted cannot have counted it (its row is written only
+  -- after this), so the tokens it used are added there.
+  if ARGV[6] ~= '' then
+    local admitted = tonumber(ARGV[6])
+    for i = 4, 3 + n do
+      local rebuilt = redis.call('GET', KEYS[i + n])
+      if rebuilt and tonumber(rebuilt) > admitted and redis.call('EXISTS', KEYS[i]) == 1 then
+        redis.call('INCRBY', KEYS[i], ARGV[3])
+      end
+    end
+  end
+  return 0
+end
+local kind = string.sub(entry, 1, 2)
+-- Settled already: a retry of a settlement Redis ran after the caller gave up on it.
+if kind == 'S|' then return 1 end
+if kind ~= 'R|' then return 2 end
 local now
 if ARGV[2] == '' then
   local t = redis.call('TIME')
@@ -24,7 +43,7 @@ local reserved = tonumber(string.sub(entry, 3, first - 1))
 local bucket = string.sub(entry, first + 1, second - 1)
 local used = tonumber(ARGV[3])
 local delta = used - reserved
-for i = 4, #KEYS do
+for i = 4, 3 + n do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     if redis.call('INCRBY', KEYS[i], delta) < 0 then
       redis.call('SET', KEYS[i], 0, 'KEEPTTL')
