@@ -202,6 +202,21 @@ async def _revocation_delay(stack: Stack) -> float:
         await engine.dispose()
 
 
+async def _warm(url: str, tenants: Any, timeout_s: float = 10.0) -> None:
+    """Steady state before the baseline: the new keys verified and cached by every
+    worker, and whatever the previous fault left behind settled (its recovery was that
+    row's figure, not this one's)."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient(base_url=url, timeout=5) as client:
+        for tenant in tenants:
+            headers = {"Authorization": f"Bearer {tenant.key}"}
+            served = 0
+            while served < 8:
+                response = await client.get("/v1/models", headers=headers)
+                served = served + 1 if response.status_code == 200 else 0
+                assert time.monotonic() < deadline, f"not healthy before the fault: {response}"
+
+
 def _log_size(stack: Stack) -> int:
     return stack.gateway.log.stat().st_size if stack.gateway is not None else 0
 
@@ -224,6 +239,7 @@ def _causes(stack: Stack, offset: int) -> dict[str, int]:
 async def run_fault(stack: Stack, fault: Fault, baseline_s: float = 1.5) -> dict[str, Any]:
     """Inject ``fault`` under traffic, heal it, wait for recovery, balance the books."""
     tenants = await stack.add_tenants(fault.name)
+    await _warm(stack.url, tenants)
     log_from = _log_size(stack)
     readiness: list[tuple[float, bool]] = []
     stop_probe = asyncio.Event()

@@ -140,8 +140,8 @@ class RedisSharedCache:
     async def get(self, prefix: str) -> CachedKey | None:
         try:
             raw = await self.redis.get(redis_key(prefix))
-        except RedisError:
-            raise GatewayUnavailable("redis") from None
+        except RedisError as exc:
+            raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
         if raw is None:
             return None
         try:
@@ -153,11 +153,11 @@ class RedisSharedCache:
     async def put(self, prefix: str, entry: CachedKey) -> None:
         try:
             await self.redis.set(redis_key(prefix), _encode(entry), px=self.ttl_ms)
-        except RedisError:
-            raise GatewayUnavailable("redis") from None
+        except RedisError as exc:
+            raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
 
     async def evict(self, prefix: str) -> None:
         try:
             await self.redis.delete(redis_key(prefix))
-        except RedisError:
-            raise GatewayUnavailable("redis") from None
+        except RedisError as exc:
+            raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None

@@ -36,7 +36,7 @@ CHANNELS: Final = ("key_revoked", "policy_changed")
 KEEPALIVE_S: Final = 2.0
 # A verification that read the key just before the change may write the shared cache
 # just after the first eviction; a second eviction a moment later removes it.
-SECOND_EVICTION_S: Final = 1.0
+SECOND_EVICTION_S: Final = 0.5
 
 
 LISTENER_NAME: Final = "neuronetz-gateway listener"
