@@ -99,7 +99,7 @@ FAULTS = [
         _redis_signal(signal.SIGSTOP),
         _redis_signal(signal.SIGCONT),
         frozenset({"200", "503"}),
-        "503 within the 0.75 s Redis timeout",
+        "503 within about a second (0.75 s socket timeout)",
     ),
     Fault(
         "postgres-stopped",

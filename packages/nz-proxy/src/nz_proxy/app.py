@@ -18,6 +18,9 @@ from litestar import Litestar, Request, Response
 from litestar.datastructures import State
 from litestar.exceptions import HTTPException, MethodNotAllowedException, NotFoundException
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 
 from nz_core.database import create_engine, is_sqlite, normalize_url
 from nz_core.keys import KeyHasher
@@ -66,6 +69,12 @@ def build_gateway(settings: Settings) -> Gateway:
                 # Fail closed fast: a stopped or frozen Redis is a 503 within a second.
                 socket_timeout=REDIS_TIMEOUT_S,
                 socket_connect_timeout=REDIS_TIMEOUT_S,
+                # After Redis restarts, each pooled connection is dead until used once;
+                # one immediate retry on a fresh connection spares those requests a
+                # 503. A Redis that is down still fails at once (timeouts are not
+                # retried: a frozen Redis stays a 503 within the socket timeout).
+                retry=Retry(NoBackoff(), 1),
+                retry_on_error=[RedisConnectionError],
             )
         )
         if settings.redis_url
