@@ -191,7 +191,7 @@ async def test_a_rebuild_waits_for_settlements_in_flight_and_holds_new_ones() ->
     finish = asyncio.Event()
 
     async def settle(name: str, hold: bool) -> None:
-        async with gate.settlement():
+        async with gate:
             events.append(f"{name} in")
             if hold:
                 settling.set()

@@ -131,7 +131,8 @@ class Governor:
             lease_ms=self.lease_ms,
             generates=demand.generates,
         )
-        decision = await self._decide(policy, ask, demand.journal, now)
+        admitted_ms = int(now.timestamp() * 1000)
+        decision = await self._decide(policy, ask, demand.journal, now, admitted_ms)
         headers = rate_headers(policy, decision)
         if not decision.admitted:
             raise self._refusal(decision, headers, now)
@@ -144,17 +145,19 @@ class Governor:
             headers=headers,
             ask=ask,
             reserved=decision.reserved,
-            admitted_ms=int(now.timestamp() * 1000),
+            admitted_ms=admitted_ms,
         )
 
-    async def _decide(self, policy: KeyPolicy, ask: Ask, journal: bytes, now: datetime) -> Decision:
+    async def _decide(
+        self, policy: KeyPolicy, ask: Ask, journal: bytes, now: datetime, admitted_ms: int
+    ) -> Decision:
         for _ in range(3):
             try:
                 decision = await self.store.admit(policy.prefix, ask, journal)
             except RedisError as exc:
                 if ask.inference and isinstance(exc, RedisTimeout):
                     # Sent, maybe run later: a frozen Redis reads it when it thaws.
-                    self.backlog.cancel(policy.prefix, ask, int(now.timestamp() * 1000))
+                    self.backlog.cancel(policy.prefix, ask, admitted_ms)
                 raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
             if not decision.missing:
                 return decision
@@ -213,7 +216,7 @@ class Governor:
             return Settled.SETTLED  # only inference reserves anything
         self._running.pop(ask.rid, None)
         tokens = tokens_in + tokens_out
-        async with self.gate.settlement():
+        async with self.gate:
             try:
                 outcome = await self.store.settle(
                     ticket.policy.prefix, ask, tokens, journal, ticket.admitted_ms

@@ -63,7 +63,11 @@ class Owed:
 
 class Gate:
     """Settlements run side by side; a counter rebuild waits for those in flight and
-    holds new ones back until it has written the counter."""
+    holds new ones back until it has written the counter.
+
+    ``async with gate:`` is a settlement (a plain class, not a generator: every request
+    passes through it); ``async with gate.rebuild():`` is a rebuild.
+    """
 
     def __init__(self) -> None:
         self._settling = 0
@@ -73,18 +77,16 @@ class Gate:
         self._open.set()
         self._rebuild = asyncio.Lock()
 
-    @asynccontextmanager
-    async def settlement(self) -> AsyncIterator[None]:
+    async def __aenter__(self) -> None:
         while not self._open.is_set():
             await self._open.wait()
         self._settling += 1
         self._quiet.clear()
-        try:
-            yield
-        finally:
-            self._settling -= 1
-            if not self._settling:
-                self._quiet.set()
+
+    async def __aexit__(self, *_: object) -> None:
+        self._settling -= 1
+        if not self._settling:
+            self._quiet.set()
 
     @asynccontextmanager
     async def rebuild(self) -> AsyncIterator[None]:
@@ -127,7 +129,7 @@ class Backlog:
         many were settled."""
         done = 0
         for rid, (owed, row) in list(self._owed.items()):
-            async with self.gate.settlement():
+            async with self.gate:
                 try:
                     outcome = await self.store.settle(
                         owed.prefix, owed.ask, owed.tokens, owed.journal, owed.admitted_ms
