@@ -15,6 +15,7 @@ The raw figures go to JSON; ``report.py`` derives the table and the plot from th
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import os
 import platform
@@ -22,11 +23,12 @@ import re
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from importlib import metadata
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -149,6 +151,17 @@ def sweep(surface: Surface, plan: Plan, log: Callable[[str], None]) -> list[dict
     return levels
 
 
+def _served(url: str) -> int:
+    """Requests the gateway has audited (``gateway_requests_total``, every series)."""
+    text = httpx.get(url + "/metrics", timeout=5).text
+    return round(
+        sum(
+            float(value)
+            for value in re.findall(r"^gateway_requests_total\{.*\} (\S+)$", text, re.M)
+        )
+    )
+
+
 def _verifications(url: str) -> float:
     text = httpx.get(url + "/metrics", timeout=5).text
     found = re.search(r"^gateway_key_verifications_total (\S+)$", text, re.MULTILINE)
@@ -241,7 +254,8 @@ def round_trips(surface: Surface, redis_url: str, plan: Plan) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("redis-cli monitor did not start")
                 time.sleep(0.02)
-            result = run_wrk(
+            before = _served(surface.base)
+            run_wrk(
                 surface.base + surface.path,
                 connections=16,
                 duration_s=plan.warmup_s,
@@ -249,24 +263,45 @@ def round_trips(surface: Surface, redis_url: str, plan: Plan) -> dict[str, Any]:
                 headers=surface.headers,
             )
             time.sleep(0.2)  # settlements of the last requests
+            # The gateway's own count, not wrk's: wrk leaves out the requests still in
+            # flight when it stops, which the gateway admitted and settled all the same.
+            served = _served(surface.base) - before
         finally:
             monitor.terminate()
             monitor.wait(timeout=10)
         lines = Path(sink.name).read_text(errors="replace").splitlines()
-    return count_monitor(lines, result.requests)
+    return count_monitor(lines, served, gateway_scripts())
 
 
-_MONITOR_LINE = re.compile(r'^\d+\.\d+ \[\d+ (?P<source>[^\]]+)\] "(?P<command>[^"]+)"')
+_MONITOR_LINE = re.compile(
+    r'^\d+\.\d+ \[\d+ (?P<source>[^\]]+)\] "(?P<command>[^"]+)"(?: "(?P<first>[^"]*)")?'
+)
 
 
-def count_monitor(lines: list[str], requests: int) -> dict[str, Any]:
-    """Client commands (not those Lua ran) per request, by command."""
+def gateway_scripts() -> dict[str, str]:
+    """The gateway's Lua scripts by SHA-1, as ``EVALSHA`` names them."""
+    package = files("nz_proxy.state")
+    return {
+        hashlib.sha1(
+            package.joinpath(f"{name}.lua").read_bytes(), usedforsecurity=False
+        ).hexdigest(): name
+        for name in ("admit", "settle", "renew", "reap", "seed")
+    }
+
+
+def count_monitor(
+    lines: list[str], requests: int, scripts: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """Client commands (not those Lua ran) per request, by command; an ``EVALSHA`` of a
+    script in ``scripts`` is counted under ``evalsha:<name>``."""
     commands: dict[str, int] = {}
     for line in lines:
         found = _MONITOR_LINE.match(line)
         if found is None or found["source"] == "lua":
             continue
         name = found["command"].lower()
+        if name == "evalsha" and scripts and found["first"] in scripts:
+            name = f"evalsha:{scripts[found['first']]}"
         commands[name] = commands.get(name, 0) + 1
     total = sum(commands.values())
     return {

@@ -7,13 +7,16 @@ misread its tools or misreport a target fails CI long before anyone benchmarks.
 from __future__ import annotations
 
 import json
+from importlib.resources import files
 from typing import Any
 
 import pytest
+from redis import Redis
 
 from tests.benchmarks import report
 from tests.benchmarks.loadgen import _MARK, lua_script, parse_wrk
-from tests.benchmarks.run import count_monitor
+from tests.benchmarks.report import derive
+from tests.benchmarks.run import count_monitor, gateway_scripts
 from tests.benchmarks.streams import content_frames
 
 
@@ -79,6 +82,45 @@ def test_monitor_counts_the_clients_commands_not_what_lua_ran() -> None:
     counted = count_monitor(MONITOR, requests=2)
     assert counted["commands"] == {"evalsha": 4}
     assert counted["per_request"] == 2.0
+
+
+def test_monitor_names_the_scripts_it_knows() -> None:
+    counted = count_monitor(MONITOR, requests=2, scripts={"abc": "admit"})
+    assert counted["commands"] == {"evalsha:admit": 2, "evalsha": 2}
+
+
+def test_the_gateways_scripts_are_named_by_the_sha_evalsha_sends() -> None:
+    scripts = gateway_scripts()
+    source = files("nz_proxy.state").joinpath("admit.lua").read_text()
+    # redis-py's own script object, as the gateway registers it (no connection made).
+    assert scripts[Redis().register_script(source).sha] == "admit"
+    assert sorted(scripts.values()) == ["admit", "reap", "renew", "seed", "settle"]
+
+
+def test_hot_calls_leave_out_the_timers_scripts() -> None:
+    results = {
+        "systems": {
+            "direct": {"levels": []},
+            "gw": {
+                "state": {
+                    "requests": 100,
+                    "argon2_verifications": 0,
+                    "round_trips": {
+                        "requests": 100,
+                        "commands": {
+                            "evalsha:admit": 100,
+                            "evalsha:settle": 100,
+                            "evalsha:renew": 7,
+                            "hdel": 1,
+                        },
+                    },
+                }
+            },
+        }
+    }
+    gateway = derive(results)[1]
+    assert gateway.redis_calls_per_request == 2.0
+    assert gateway.redis_batched_per_request == 0.08
 
 
 @pytest.mark.parametrize(
@@ -162,3 +204,23 @@ def test_splice_replaces_only_the_results_section() -> None:
     assert spliced == f"intro\n{report.START}\nnew table\n{report.END}\noutro\n"
     with pytest.raises(ValueError, match="no"):
         report.splice("no markers here", "x")
+
+
+def test_a_level_where_nothing_finished_has_no_latency() -> None:
+    level = {"errors": 0, "non_2xx": 0, "rps": 0.0, "cpu_s": 0.0}
+    results = {
+        "systems": {
+            "direct": {
+                "levels": [
+                    {**level, "connections": 256, "requests": 9, "p50_us": 4000, "p99_us": 8000}
+                ]
+            },
+            "peer": {
+                "levels": [{**level, "connections": 256, "requests": 0, "p50_us": 0, "p99_us": 0}]
+            },
+        }
+    }
+    peer = derive(results)[1]
+    assert peer.added_p50_ms == {}
+    assert peer.added_p99_ms == {}
+    assert peer.rps_within_ceiling is None

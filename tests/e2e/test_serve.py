@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import openai
 
+from tests.benchmarks import procstat
 from tests.e2e.conftest import Deployment, gateway_env
 from tests.processes import running_gateway
 
@@ -77,3 +78,12 @@ def test_a_cli_made_key_through_serve(deployment: Deployment, tmp_path: Path) ->
                 assert answer.choices[0].message.content
         assert httpx.get(gateway.url + "/readyz").status_code == 200
         assert f"worker-{workers}" in gateway.output()
+        # The CLI became the slim serving process (same pid), and the workers it forked
+        # carry nothing of the CLI: pydantic's native core is not even mapped.
+        serving = gateway.process.pid
+        argv = Path(f"/proc/{serving}/cmdline").read_bytes().split(b"\0")
+        assert argv[1:3] == [b"-m", b"nz_proxy.server"]
+        below = procstat.tree(serving)[1:]
+        assert len(below) == workers
+        for worker in below:
+            assert b"pydantic_core" not in Path(f"/proc/{worker}/maps").read_bytes()

@@ -5,23 +5,18 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import tempfile
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
-from granian.constants import HTTPModes, Interfaces, Loops
-from granian.http import HTTP1Settings
-from granian.server import Server
 
 from nz_cli.runner import fail
 from nz_core.database import create_engine
 from nz_core.errors import DatabaseUnreachable, NotMigrated
 from nz_core.migrations import ensure_migrated
+from nz_proxy import server
 from nz_proxy.settings import Settings, SettingsError, load_settings
 
 __all__ = ["check_database", "register", "run_granian", "serve", "serving_settings"]
-
-APP_FACTORY = "nz_proxy.app:app_from_env"
 
 
 def serving_settings(host: str | None, port: int | None, workers: int | None) -> Settings:
@@ -57,44 +52,16 @@ def check_database(config: Settings) -> None:
         print(f"warning: {exc}; serving 503 until it is back", file=sys.stderr)
 
 
-def run_granian(config: Settings) -> None:
-    """Serve until SIGINT or SIGTERM. The workers read their settings from the
-    environment, so the overrides are exported to it first."""
+def run_granian(config: Settings) -> NoReturn:
+    """Become the serving process (:mod:`nz_proxy.server`), keeping this pid, with the
+    command-line overrides in the environment it reads."""
     os.environ["GATEWAY_HOST"] = config.gateway_host
     os.environ["GATEWAY_PORT"] = str(config.gateway_port)
     os.environ["GATEWAY_WORKERS"] = str(config.gateway_workers)
-    # Every worker writes its metrics here and /metrics sums them (prometheus-client's
-    # multiprocess mode); a fresh directory per run, so old workers' gauges are gone.
-    metrics_dir = tempfile.TemporaryDirectory(prefix="neuronetz-metrics-")
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir.name
-    with metrics_dir:
-        _serve(config)
-
-
-def _serve(config: Settings) -> None:
-    Server(
-        APP_FACTORY,
-        factory=True,
-        interface=Interfaces.ASGI,
-        address=config.gateway_host,
-        port=config.gateway_port,
-        workers=config.gateway_workers,
-        http=HTTPModes.http1,
-        websockets=False,
-        # Measured on the benchmark's floor rig: uvloop carries ~1.5x the requests
-        # of the asyncio loop at the same CPU (docs/benchmarks.md).
-        loop=Loops.uvloop,
-        log_access=False,
-        # Slow or idle clients: a connection that has not sent its headers in 10 s is
-        # closed (Granian's default, 30 s, let ~1,000 idle sockets hold every slot),
-        # and each worker takes far more connections than the default 1024 / workers.
-        http1_settings=HTTP1Settings(header_read_timeout=10_000),
-        backlog=4096,
-        backpressure=4096,
-        respawn_failed_workers=True,
-        # In-flight streams get this long to finish on shutdown (SPEC §4, step 6).
-        workers_kill_timeout=30,
-    ).serve()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    argv = server.command()
+    os.execv(argv[0], argv)  # noqa: S606 - our own interpreter and module
 
 
 def serve(

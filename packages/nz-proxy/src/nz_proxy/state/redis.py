@@ -1,6 +1,7 @@
 """The Redis state store: shared by every gateway process (SPEC §4.4, §9).
 
-Each operation is one Lua script call: one round trip to admit, one to settle. The
+Each operation is one Lua script call: one round trip to admit, one to settle (calls
+made together share one pipeline, see :mod:`nz_proxy.state.pipelining`). The
 scripts are package files registered once (redis-py reloads them after ``NOSCRIPT``),
 take every key through ``KEYS``, and keep all keys of one API key under its hash tag
 ``{prefix}`` so they work on Redis Cluster. Time comes from Redis (``TIME``) unless a
@@ -20,6 +21,7 @@ from nz_core.budgets import Period, PeriodState
 from nz_core.limiter import Ask, Decision
 from nz_core.windows import WindowCheck
 from nz_proxy.state import JournalEntry, Settled
+from nz_proxy.state.pipelining import ScriptPipeline
 
 __all__ = ["RedisStore", "key_names"]
 
@@ -66,6 +68,7 @@ class RedisStore:
         self._renew = _script(redis, "renew")
         self._seed = _script(redis, "seed")
         self._reap = _script(redis, "reap")
+        self._calls = ScriptPipeline(redis)
 
     def _now(self) -> str:
         return "" if self.clock is None else str(self.clock())
@@ -90,7 +93,7 @@ class RedisStore:
         ]
         for line in budgets:
             args += [line.limit, line.ttl_ms, RESET_ORDER[line.period]]
-        reply = await self._admit(keys=keys, args=args)
+        reply = await self._calls.run(self._admit, keys, args)
         return self._decision(ask, reply)
 
     @staticmethod
@@ -158,7 +161,7 @@ class RedisStore:
             journal,
             "" if admitted_ms is None else admitted_ms,
         ]
-        outcome = int(await self._settle(keys=keys, args=args))
+        outcome = int(await self._calls.run(self._settle, keys, args))
         return {1: Settled.SETTLED, 2: Settled.ABANDONED}.get(outcome, Settled.UNKNOWN)
 
     async def renew(self, leases: Sequence[tuple[str, Ask]]) -> None:
