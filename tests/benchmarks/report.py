@@ -125,12 +125,10 @@ def derive(results: dict[str, Any]) -> list[Figures]:
             if trips.get("requests"):
                 # The hot path's scripts (admit, settle); the journal's batched HDEL
                 # after each audit flush is off the request path, like the DB batch.
-                commands = trips["commands"]
+                commands, counted = trips["commands"], trips["requests"]
                 hot = _hot_calls(commands)
-                figures["redis_calls_per_request"] = hot / trips["requests"]
-                figures["redis_batched_per_request"] = (sum(commands.values()) - hot) / trips[
-                    "requests"
-                ]
+                figures["redis_calls_per_request"] = hot / counted
+                figures["redis_batched_per_request"] = (sum(commands.values()) - hot) / counted
             if "db_transactions" in state:
                 figures["db_transactions_per_request"] = state["db_transactions"] / requests
         out.append(Figures(**figures))

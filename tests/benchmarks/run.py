@@ -151,21 +151,11 @@ def sweep(surface: Surface, plan: Plan, log: Callable[[str], None]) -> list[dict
     return levels
 
 
-def _served(url: str) -> int:
-    """Requests the gateway has audited (``gateway_requests_total``, every series)."""
+def _metric_total(url: str, name: str) -> float:
+    """The sum of every series of the gateway's metric ``name`` (0 when it has none)."""
     text = httpx.get(url + "/metrics", timeout=5).text
-    return round(
-        sum(
-            float(value)
-            for value in re.findall(r"^gateway_requests_total\{.*\} (\S+)$", text, re.M)
-        )
-    )
-
-
-def _verifications(url: str) -> float:
-    text = httpx.get(url + "/metrics", timeout=5).text
-    found = re.search(r"^gateway_key_verifications_total (\S+)$", text, re.MULTILINE)
-    return float(found.group(1)) if found else 0.0
+    pattern = rf"^{re.escape(name)}(?:\{{.*\}})? (\S+)$"
+    return sum(float(value) for value in re.findall(pattern, text, re.MULTILINE))
 
 
 def _commandstats(redis_url: str) -> dict[str, int]:
@@ -191,7 +181,7 @@ class StateCounters:
             # PostgreSQL publishes backends' counts within a second or so.
             time.sleep(1.5)
             copy.db_transactions = asyncio.run(pg_transactions(self.gateway.database))
-        copy.verifications = _verifications(self.gateway.url)
+        copy.verifications = _metric_total(self.gateway.url, "gateway_key_verifications_total")
         return copy
 
 
@@ -254,7 +244,7 @@ def round_trips(surface: Surface, redis_url: str, plan: Plan) -> dict[str, Any]:
                 if time.monotonic() > deadline:
                     raise RuntimeError("redis-cli monitor did not start")
                 time.sleep(0.02)
-            before = _served(surface.base)
+            before = _metric_total(surface.base, "gateway_requests_total")
             run_wrk(
                 surface.base + surface.path,
                 connections=16,
@@ -265,7 +255,7 @@ def round_trips(surface: Surface, redis_url: str, plan: Plan) -> dict[str, Any]:
             time.sleep(0.2)  # settlements of the last requests
             # The gateway's own count, not wrk's: wrk leaves out the requests still in
             # flight when it stops, which the gateway admitted and settled all the same.
-            served = _served(surface.base) - before
+            served = round(_metric_total(surface.base, "gateway_requests_total") - before)
         finally:
             monitor.terminate()
             monitor.wait(timeout=10)
@@ -280,12 +270,10 @@ _MONITOR_LINE = re.compile(
 
 def gateway_scripts() -> dict[str, str]:
     """The gateway's Lua scripts by SHA-1, as ``EVALSHA`` names them."""
-    package = files("nz_proxy.state")
     return {
-        hashlib.sha1(
-            package.joinpath(f"{name}.lua").read_bytes(), usedforsecurity=False
-        ).hexdigest(): name
-        for name in ("admit", "settle", "renew", "reap", "seed")
+        hashlib.sha1(script.read_bytes(), usedforsecurity=False).hexdigest(): script.name[:-4]
+        for script in files("nz_proxy.state").iterdir()
+        if script.name.endswith(".lua")
     }
 
 

@@ -10,10 +10,9 @@ from pathlib import Path
 # exercised: the app is built, its lifespan runs, a request is answered, and a
 # console-format log line renders an exception (structlog's Rich formatter's fallback).
 WORKER = """
-import asyncio, sys
+import sys
 from nz_proxy import server
-for name in server.UNUSED_IN_WORKERS:
-    sys.modules[name] = None
+server.leave_out_unused()
 import structlog
 from litestar.testing import TestClient
 from nz_proxy.app import asgi_app

@@ -16,7 +16,7 @@ from nz_core.migrations import ensure_migrated
 from nz_proxy import server
 from nz_proxy.settings import Settings, SettingsError, load_settings
 
-__all__ = ["check_database", "register", "run_granian", "serve", "serving_settings"]
+__all__ = ["become_server", "check_database", "register", "serve", "serving_settings"]
 
 
 def serving_settings(host: str | None, port: int | None, workers: int | None) -> Settings:
@@ -52,7 +52,7 @@ def check_database(config: Settings) -> None:
         print(f"warning: {exc}; serving 503 until it is back", file=sys.stderr)
 
 
-def run_granian(config: Settings) -> NoReturn:
+def become_server(config: Settings) -> NoReturn:
     """Become the serving process (:mod:`nz_proxy.server`), keeping this pid, with the
     command-line overrides in the environment it reads."""
     os.environ["GATEWAY_HOST"] = config.gateway_host
@@ -74,7 +74,7 @@ def serve(
     """Run the gateway (the data plane) on Granian."""
     config = serving_settings(host, port, workers)
     check_database(config)
-    run_granian(config)
+    become_server(config)
 
 
 def register(app: typer.Typer) -> None:

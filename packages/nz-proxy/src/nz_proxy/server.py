@@ -19,7 +19,7 @@ from granian.server import Server
 
 from nz_proxy.settings import Settings, SettingsError, load_settings
 
-__all__ = ["APP_FACTORY", "UNUSED_IN_WORKERS", "command", "serve"]
+__all__ = ["APP_FACTORY", "UNUSED_IN_WORKERS", "command", "leave_out_unused", "serve"]
 
 APP_FACTORY = "nz_proxy.app:app_from_env"
 
@@ -28,6 +28,12 @@ APP_FACTORY = "nz_proxy.app:app_from_env"
 # plugins whenever pydantic imports (8 MB per worker), structlog renders exceptions
 # with Rich whenever Rich imports (4 MB). Each library falls back when the import fails.
 UNUSED_IN_WORKERS = ("pydantic", "rich")
+
+
+def leave_out_unused() -> None:
+    """Make :data:`UNUSED_IN_WORKERS` unimportable in this process and its workers."""
+    for name in UNUSED_IN_WORKERS:
+        sys.modules[name] = None  # type: ignore[assignment]  # makes the import fail
 
 
 def command() -> list[str]:
@@ -72,8 +78,7 @@ def _granian(config: Settings) -> None:
 
 
 def main() -> None:
-    for name in UNUSED_IN_WORKERS:
-        sys.modules[name] = None  # type: ignore[assignment]  # makes the import fail
+    leave_out_unused()
     try:
         config = load_settings()
     except SettingsError as exc:
