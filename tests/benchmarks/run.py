@@ -272,7 +272,7 @@ def gateway_scripts() -> dict[str, str]:
     """The gateway's Lua scripts by SHA-1, as ``EVALSHA`` names them."""
     return {
         hashlib.sha1(script.read_bytes(), usedforsecurity=False).hexdigest(): script.name[:-4]
-        for script in files("nz_proxy.state").iterdir()
+        for script in files("nz_proxy.admission.stores").iterdir()
         if script.name.endswith(".lua")
     }
 

@@ -6,7 +6,8 @@ import time
 
 import pytest
 
-from nz_proxy.framing import NdjsonSplitter, SseParser
+from nz_proxy.translation.framing import NdjsonSplitter
+from tests.sse import SseParser
 
 pytestmark = pytest.mark.benchmark
 

@@ -91,7 +91,7 @@ def test_monitor_names_the_scripts_it_knows() -> None:
 
 def test_the_gateways_scripts_are_named_by_the_sha_evalsha_sends() -> None:
     scripts = gateway_scripts()
-    source = files("nz_proxy.state").joinpath("admit.lua").read_text()
+    source = files("nz_proxy.admission.stores").joinpath("admit.lua").read_text()
     # redis-py's own script object, as the gateway registers it (no connection made).
     assert scripts[Redis().register_script(source).sha] == "admit"
     assert sorted(scripts.values()) == ["admit", "reap", "renew", "seed", "settle"]

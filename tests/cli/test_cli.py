@@ -1,10 +1,15 @@
 """The real `neuronetz-gateway` command against PostgreSQL and SQLite (SPEC §11).
 
-Every invocation is a separate process, as an operator runs it.
+The command runs in this process (its entry point, with its own environment, working
+directory, stdout and stderr), which costs milliseconds where a process costs a second
+of start-up; the tests that are about the process (the installed command, its help,
+its exit status) run it as an operator does, in a process of its own.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -13,9 +18,11 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 
+from nz_cli.main import main
 from tests import services
 from tests.processes import MockProcess
 
@@ -26,20 +33,44 @@ KEY_RE = re.compile(r"^nz_[0-9A-Za-z]{52}$")
 class Cli:
     """Runs the command with one DATABASE_URL, from a directory with no .env file."""
 
-    def __init__(self, database_url: str, cwd: Path) -> None:
+    def __init__(self, database_url: str, cwd: Path, *, process: bool = False) -> None:
         self.env = {
             k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_", "REDIS_"))
         }
         self.env["DATABASE_URL"] = database_url
         self.cwd = cwd
+        self.process = process
 
     def __call__(self, *args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
-            [*CLI, *args], capture_output=True, text=True, env=self.env, cwd=self.cwd, timeout=60
-        )
+        if self.process:
+            result = subprocess.run(
+                [*CLI, *args],
+                capture_output=True,
+                text=True,
+                env=self.env,
+                cwd=self.cwd,
+                timeout=60,
+            )
+        else:
+            result = self._in_process(args)
         if ok:
             assert result.returncode == 0, result.stderr
         return result
+
+    def _in_process(self, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
+        out, err = io.StringIO(), io.StringIO()
+        code: int = 0
+        with (
+            mock.patch.dict(os.environ, self.env, clear=True),
+            contextlib.chdir(self.cwd),
+            contextlib.redirect_stdout(out),
+            contextlib.redirect_stderr(err),
+        ):
+            try:
+                main(list(args))
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
+        return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
     def json(self, *args: str) -> Any:
         return json.loads(self(*args, "--json").stdout)
@@ -68,8 +99,9 @@ async def cli(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[C
         await services.drop_database(name)
 
 
-def test_help_lists_every_command() -> None:
+def test_help_lists_every_command(tmp_path: Path) -> None:
     result = subprocess.run([*CLI, "--help"], capture_output=True, text=True, check=True)
+    cli = Cli(f"sqlite:///{tmp_path / 'h.db'}", tmp_path)
     for command in (
         "migrate",
         "serve",
@@ -87,10 +119,19 @@ def test_help_lists_every_command() -> None:
         "list-tenants",
     ):
         assert re.search(rf"^\s+{command}\s", result.stdout, re.MULTILINE), command
-        sub = subprocess.run([*CLI, command, "--help"], capture_output=True, text=True)
-        assert sub.returncode == 0, command
+        sub = cli(command, "--help")
         if command not in ("serve", "demo"):
             assert "--json" in sub.stdout, command
+
+
+def test_the_command_as_a_process(tmp_path: Path) -> None:
+    """The installed entry point, as an operator runs it: output, exit status, errors."""
+    cli = Cli(f"sqlite:///{tmp_path / 'p.db'}", tmp_path, process=True)
+    assert cli.json("migrate") == {"revision": "0001"}
+    assert cli("create-tenant", "--name", "acme").returncode == 0
+    key = cli("create-key", "--tenant", "acme", "--name", "k").stdout.strip()
+    assert KEY_RE.match(key)
+    assert "unknown tenant 'ghost'" in cli.fails("list-keys", "--tenant", "ghost")
 
 
 def test_the_operator_sequence(cli: Cli) -> None:

@@ -20,10 +20,11 @@ from nz_core.budgets import (
     blocking_period,
     estimate_prompt_tokens,
     period_bounds,
-    plan_reservation,
     seconds_until_reset,
 )
 from nz_core.errors import InvalidValue
+from nz_core.limiter import Ask, BlockedBy, plan_reservation
+from nz_core.limits import Limits
 from tests.strategies import aware_datetimes, period_states, zones
 
 ORDER = {Period.DAY: 0, Period.MONTH: 1, Period.TOTAL: 2}
@@ -132,36 +133,68 @@ def test_blocking_period(states: list[PeriodState], needed: int) -> None:
 def test_reservation_never_exceeds_what_is_left(
     prompt: int, requested: int | None, default: int, remaining: int | None
 ) -> None:
-    plan = plan_reservation(
-        prompt_estimate=prompt, requested_cap=requested, default_cap=default, remaining=remaining
-    )
+    ask = Ask("r", True, Limits(), (), prompt, requested, default)
+    states = () if remaining is None else (PeriodState(Period.DAY, remaining, 0),)
+    plan = plan_reservation(ask, states)
     explicit = requested if requested is not None and requested >= 1 else None
-    if plan is None:
+    if isinstance(plan, BlockedBy):
         assert remaining is not None
+        assert plan.period is Period.DAY
         if explicit is not None:
             assert prompt + explicit > remaining
         else:
             assert remaining - prompt < 1
         return
-    assert plan.prompt_estimate == prompt
-    assert plan.completion_cap >= 1
+    cap, reserved = plan
+    assert cap is not None
+    assert cap >= 1
+    assert reserved == prompt + cap
     if explicit is not None:
-        assert plan.completion_cap == explicit  # the client's cap is honoured as given
+        assert cap == explicit  # the client's cap is honoured as given
     else:
-        assert plan.completion_cap <= default
+        assert cap <= default
     if remaining is not None:
-        assert plan.tokens <= remaining
+        assert reserved <= remaining
         if explicit is None:  # the default is clipped to exactly what is left, no less
-            assert plan.completion_cap == min(default, remaining - prompt)
+            assert cap == min(default, remaining - prompt)
 
 
-@given(st.integers(min_value=0, max_value=10**7), st.integers(0, 50), st.integers(0, 4))
-def test_prompt_estimate_is_conservative(text_bytes: int, messages: int, images: int) -> None:
-    estimate = estimate_prompt_tokens(text_bytes, messages, images)
-    # English averages ~4 bytes per token: the estimate stays above that.
-    assert estimate >= text_bytes / 4
-    assert estimate_prompt_tokens(text_bytes + 1, messages, images) >= estimate
-    assert estimate_prompt_tokens(text_bytes, messages + 1, images) > estimate
+@given(
+    prompt=st.integers(min_value=0, max_value=100_000),
+    remaining=st.none() | st.integers(min_value=0, max_value=200_000),
+)
+def test_an_embedding_reserves_its_prompt_alone(prompt: int, remaining: int | None) -> None:
+    ask = Ask("r", True, Limits(), (), prompt, 50, 4096, generates=False)
+    states = () if remaining is None else (PeriodState(Period.TOTAL, remaining, 0),)
+    plan = plan_reservation(ask, states)
+    if remaining is not None and prompt > remaining:
+        assert plan == BlockedBy(Period.TOTAL)
+    else:
+        assert plan == (None, prompt)
+
+
+@given(
+    st.integers(min_value=0, max_value=10**7),
+    st.integers(0, 50),
+    st.integers(0, 4),
+    st.integers(0, 100_000),
+    st.integers(0, 2000),
+)
+def test_prompt_estimate_is_conservative(
+    text_bytes: int, messages: int, images: int, context: int, image_tokens: int
+) -> None:
+    estimate = estimate_prompt_tokens(
+        text_bytes, messages, images, context, image_tokens=image_tokens
+    )
+    # English averages ~4 bytes per token: the estimate stays above that; context ids
+    # and images are counted whole.
+    assert estimate >= text_bytes / 4 + context + images * image_tokens
+    more = {"image_tokens": image_tokens}
+    assert estimate_prompt_tokens(text_bytes + 1, messages, images, context, **more) >= estimate
+    assert estimate_prompt_tokens(text_bytes, messages + 1, images, context, **more) > estimate
+    assert estimate_prompt_tokens(text_bytes, messages, images, context + 1, **more) == (
+        estimate + 1
+    )
 
 
 @given(st.integers(), st.integers(), st.integers())

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -16,7 +17,7 @@ from nz_core.budgets import Period, period_bounds
 from nz_core.changes import changes_since, latest_change, prune_changes
 from nz_core.database import connect
 from nz_core.keys import TEST_HASH_PROFILE, KeyHasher
-from nz_core.ledger import delete_expired_prompts, period_tokens, record
+from nz_core.ledger import RowsRefused, delete_expired_prompts, period_tokens, record
 from nz_core.schema import audit_log, budget_usage, prompt_log
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -151,3 +152,51 @@ async def test_the_change_log_feeds_pollers_and_is_pruned(engine: AsyncEngine) -
     assert all(a < b for (a, _), (b, _) in itertools.pairwise(seen))
     assert await prune_changes(engine, datetime.now(UTC) + timedelta(seconds=5)) >= 2
     assert await changes_since(engine, start) == []
+
+
+async def test_a_value_the_database_cannot_store_refuses_the_whole_batch(
+    engine: AsyncEngine,
+) -> None:
+    """RowsRefused, not an unreachable database and not a driver error: the caller may
+    split the batch. Nothing of it is written, and the message quotes no value."""
+    key_id, prefix = await a_key(engine)
+    now = datetime.now(UTC)
+    # NUL: PostgreSQL refuses it in text. A lone surrogate: neither driver encodes it.
+    for poison in ({"model": "a\x00b\udc80"}, {"endpoint": "/\udc80"}):
+        good, bad = audit_row(key_id, prefix, now, 1, 2), audit_row(key_id, prefix, now, 3, 4)
+        bad |= poison
+        with pytest.raises(RowsRefused) as refused:
+            await record(engine, [good, bad], BERLIN)
+        assert "\x00" not in str(refused.value)
+        assert "\udc80" not in str(refused.value)
+        async with connect(engine) as conn:
+            written = await conn.scalar(
+                sa.select(sa.func.count()).where(audit_log.c.id.in_([good["id"], bad["id"]]))
+            )
+        assert written == 0
+    # A CHECK constraint is a refusal too.
+    with pytest.raises(RowsRefused, match="tokens_positive"):
+        await record(engine, [audit_row(key_id, prefix, now, -1, 0)], BERLIN)
+    start = period_bounds(Period.TOTAL, now, BERLIN)[0]
+    assert await period_tokens(engine, key_id, Period.TOTAL, start) == 0
+
+
+async def test_a_batch_written_in_parts_counts_each_row_once(engine: AsyncEngine) -> None:
+    """What a writer that splits a refused batch relies on: parts written on their own,
+    overlapping or repeated, still put each row in the audit and the ledger once."""
+    key_id, prefix = await a_key(engine)
+    now = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+    rows = [audit_row(key_id, prefix, now, n, 1) for n in range(1, 9)]
+    assert len(await record(engine, rows[:3], BERLIN)) == 3
+    assert len(await record(engine, rows[2:6], BERLIN)) == 3  # rows[2] was there
+    assert len(await record(engine, rows, BERLIN)) == 2
+    total = sum(n + 1 for n in range(1, 9))
+    start = period_bounds(Period.TOTAL, now, BERLIN)[0]
+    assert await period_tokens(engine, key_id, Period.TOTAL, start) == total
+    async with connect(engine) as conn:
+        audited = await conn.scalar(
+            sa.select(sa.func.sum(audit_log.c.tokens_in + audit_log.c.tokens_out)).where(
+                audit_log.c.key_prefix == prefix
+            )
+        )
+    assert audited == total

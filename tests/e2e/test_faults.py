@@ -38,22 +38,55 @@ def test_dead_backend_gives_502_everywhere(rig: RigFactory) -> None:
     assert ready.json()["checks"]["backend"] == "unreachable"
 
 
-def test_breaker_opens_after_five_failures_then_half_opens(rig: RigFactory) -> None:
+def test_breaker_opens_after_five_unreachable_attempts_then_half_opens(rig: RigFactory) -> None:
     r = rig("--token-rate", "0", CIRCUIT_BREAKER_FAILURES="5", CIRCUIT_BREAKER_RESET_S="2")
-    r.faults(fail_next=5, fail_status=500, paths=["/api/chat"])
+    r.faults(refuse_connections_s=1.5)
     for _ in range(5):
         assert r.post("/api/chat", {**CHAT, "stream": False}).status_code == 502
-    assert r.mock_stats()["requests"]["/api/chat"] == 5
     opened = r.post("/v1/chat/completions", CHAT)
     assert opened.status_code == 502
     assert 1 <= int(opened.headers["retry-after"]) <= 2
     assert int(opened.headers["retry-after-ms"]) <= 2000
-    assert r.mock_stats()["requests"]["/api/chat"] == 5  # untouched
-    time.sleep(2.1)
+    time.sleep(2.1)  # the mock listens again after 1.5 s, the circuit half-opens at 2
+    assert r.mock_stats()["requests"].get("/api/chat", 0) == 0  # never reached
     probe = r.post("/v1/chat/completions", CHAT)
     assert probe.status_code == 200
     assert r.post("/api/chat", {**CHAT, "stream": False}).status_code == 200
-    assert r.mock_stats()["requests"]["/api/chat"] == 7
+    assert r.mock_stats()["requests"]["/api/chat"] == 2
+
+
+def test_a_proxy_failing_in_front_of_the_node_opens_the_breaker_after_probes(
+    rig: RigFactory,
+) -> None:
+    """Plain-text 5xx are not Ollama's: a liveness probe decides, and it fails too."""
+    r = rig("--token-rate", "0", CIRCUIT_BREAKER_FAILURES="3", CIRCUIT_BREAKER_RESET_S="30")
+    r.faults(fail_next=1000, fail_status=502, fail_plain=True, fail_message="Bad Gateway")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        failed = r.post("/api/chat", {**CHAT, "stream": False})
+        assert failed.status_code == 502
+        assert failed.json() == {"error": "The model backend is unavailable."}
+        if "retry-after" in failed.headers:
+            break  # refused by the open circuit
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the circuit never opened")
+
+
+def test_one_tenants_bad_requests_never_open_the_breaker(rig: RigFactory) -> None:
+    """Ollama answers some bad requests with 500 (a model too large for memory): an
+    answer in Ollama's own shape is a live node, so the circuit stays closed."""
+    r = rig("--token-rate", "0", CIRCUIT_BREAKER_FAILURES="3", CIRCUIT_BREAKER_RESET_S="30")
+    message = "model requires more system memory (9.1 GiB) than is available (3.9 GiB)"
+    r.faults(fail_next=8, fail_status=500, fail_message=message, paths=["/api/chat"])
+    for _ in range(8):
+        failed = r.post("/api/chat", {**CHAT, "stream": False})
+        assert failed.status_code == 502
+        assert failed.json() == {"error": f"The model backend failed: {message}"}
+    time.sleep(0.3)  # a liveness probe, had one been started, has answered by now
+    assert r.post("/api/chat", {**CHAT, "stream": False}).status_code == 200
+    assert r.post("/v1/chat/completions", CHAT).status_code == 200
+    assert r.mock_stats()["requests"]["/api/chat"] == 10
 
 
 @pytest.mark.parametrize("path", ["/api/chat", "/v1/chat/completions"])
@@ -140,7 +173,15 @@ def test_backend_refusals_pass_their_message(rig: RigFactory) -> None:
     refused = r.post("/v1/chat/completions", CHAT)
     assert refused.status_code == 400
     assert refused.json()["error"]["message"] == "bad option num_ctx"
-    r.faults(fail_next=1, fail_status=500, paths=["/api/chat"])
+    r.faults(
+        fail_next=1,
+        fail_status=500,
+        fail_message='llama runner failed: Post "http://127.0.0.1:41234/completion": EOF',
+        paths=["/api/chat"],
+    )
     failed = r.post("/api/chat", {**CHAT, "stream": False})
     assert failed.status_code == 502
-    assert failed.json() == {"error": "The model backend is unavailable."}
+    # The backend's own words, without the internal address.
+    assert failed.json() == {
+        "error": 'The model backend failed: llama runner failed: Post "[…] EOF'
+    }

@@ -138,12 +138,18 @@ async def test_explicit_caps_must_fit_the_budget(deployment: Deployment) -> None
 
 
 async def test_the_completion_cap_is_forwarded(rig: RigFactory, deployment: Deployment) -> None:
-    """Without max_tokens, a counted key's answer stops at the default cap, because the
-    reservation is forwarded as options.num_predict; an uncounted key is left alone."""
+    """Without max_tokens, an answer stops at the default cap, because the cap is
+    forwarded as options.num_predict: for a counted key it is what was reserved, and an
+    uncounted key is bounded all the same (``num_predict: -1`` would not end)."""
     r = rig("--token-rate", "0", "--response-tokens", "100", BUDGET_DEFAULT_COMPLETION_CAP="7")
     counted = await deployment.key(allow_all=True, limits=Limits(tpm=100_000))
     uncounted = post(r.gateway.url, r.key, CHAT).json()
-    assert uncounted["usage"]["completion_tokens"] == 100
+    assert uncounted["usage"]["completion_tokens"] == 7
+    unbounded = {**CHAT, "stream": False, "options": {"num_predict": -1}}
+    native = post(r.gateway.url, r.key, unbounded, "/api/chat").json()
+    assert native["eval_count"] == 7
+    asked = post(r.gateway.url, r.key, {**CHAT, "max_tokens": 50}).json()
+    assert asked["usage"]["completion_tokens"] == 50  # a cap the client asks for is its own
     capped = post(r.gateway.url, counted, CHAT).json()
     assert capped["usage"]["completion_tokens"] == 7
     assert capped["choices"][0]["finish_reason"] == "length"

@@ -157,6 +157,10 @@ def _schema(url: str, key: str) -> BaseSchema:
     @schema.hook
     def map_case(context: schemathesis.HookContext, case: Case) -> Case:
         _within_what_the_backend_takes(case.body, dimensions)
+        # The two security schemes are alternatives: a request that presents both with
+        # different keys is ambiguous and refused (SPEC §3), so a case carries one.
+        if case.headers and "Authorization" in case.headers:
+            case.headers.pop("x-api-key", None)
         return case
 
     return schema

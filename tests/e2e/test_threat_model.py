@@ -38,8 +38,8 @@ from nz_core.limits import Limits
 from nz_core.migrations import upgrade
 from nz_core.schema import api_keys, audit_log
 from nz_mock_ollama.cli import parse_args as parse_mock_args
-from nz_proxy.auth import MAX_WAITING_VERIFICATIONS, Authenticator
-from nz_proxy.errors import GatewayUnavailable, InvalidApiKey
+from nz_proxy.auth import MAX_WAITING_VERIFICATIONS, Authenticator, FailureLimiter
+from nz_proxy.errors import InvalidApiKey, VerificationBusy
 from nz_proxy.keycache import LocalKeyCache, MemorySharedCache, redis_key
 from nz_proxy.settings import load_settings
 from tests import services
@@ -404,8 +404,14 @@ async def test_argon2_runs_off_the_event_loop_one_at_a_time_behind_a_bounded_que
 ) -> None:
     engine = create_engine(sqlite_url)
     hasher = HeldHasher()
+    # The queue is the subject here: the per-prefix limit (which would turn the guesses
+    # away long before) is lifted.
     auth = Authenticator(
-        engine=engine, local=LocalKeyCache(30), shared=MemorySharedCache(60), hasher=hasher
+        engine=engine,
+        local=LocalKeyCache(30),
+        shared=MemorySharedCache(60),
+        hasher=hasher,
+        failures=FailureLimiter(per_prefix=10 * MAX_WAITING_VERIFICATIONS),
     )
     tenant = f"argon2-{uuid.uuid4().hex[:8]}"
     await admin.create_tenant(engine, tenant)
@@ -430,7 +436,7 @@ async def test_argon2_runs_off_the_event_loop_one_at_a_time_behind_a_bounded_que
             pending.append(asyncio.ensure_future(auth.authenticate(guess, None)))
         await queued(auth, MAX_WAITING_VERIFICATIONS, "the verification queue did not fill")
         guess = keys[1][:12] + generate_key()[12:]
-        with pytest.raises(GatewayUnavailable):  # at once, not after the queue
+        with pytest.raises(VerificationBusy):  # at once, not after the queue
             await asyncio.wait_for(auth.authenticate(guess, None), 2)
         assert hasher.most == 1  # one verification at a time
         assert loop_thread not in hasher.threads  # and never on the event loop
@@ -444,7 +450,7 @@ async def test_argon2_runs_off_the_event_loop_one_at_a_time_behind_a_bounded_que
 
 
 @pytest.mark.parametrize("deployment", ["production"], indirect=True)
-async def test_failed_verifications_are_capped_before_argon2_and_answer_the_one_401(
+async def test_failed_verifications_are_capped_before_argon2(
     deployment: Deployment, rig: RigFactory
 ) -> None:
     """Counted by the gateway's own argon2 counter, with the default limits (10 per
@@ -491,12 +497,18 @@ async def test_failed_verifications_are_capped_before_argon2_and_answer_the_one_
             assert attempt(owner, "203.0.113.7").status_code == 200
         assert verifications(r.gateway.url) - start == 0
 
-    # Limited or not, on the argon2 path or not: one 401, nothing to tell them apart.
+    # Found wrong, on the argon2 path or not: one 401, nothing to tell them apart. Not
+    # verified because a limit was spent: 503 verification_busy, never the 401.
     refused = [a for a in answers if a.status_code != 200]
     assert len(refused) == 13 + 32 + 20
-    assert {shape(a) for a in refused if a.url.path == "/api/chat"} == {shape(ordinary)}
+    wrong = [a for a in refused if a.status_code == 401]
+    busy = [a for a in refused if a.status_code == 503]
+    assert (len(wrong), len(busy)) == (10 + 30 + 20, 3 + 2)
+    assert {shape(a) for a in wrong if a.url.path == "/api/chat"} == {shape(ordinary)}
     openai_shaped = httpx.post(r.gateway.url + "/v1/chat/completions", json=CHAT)
-    assert {shape(a) for a in refused if a.url.path != "/api/chat"} == {shape(openai_shaped)}
+    assert {shape(a) for a in wrong if a.url.path != "/api/chat"} == {shape(openai_shaped)}
+    assert {a.json()["error"] for a in busy} == {"Key verification is busy; retry later."}
+    assert all(1 <= int(a.headers["retry-after"]) <= 60 for a in busy)
 
 
 async def test_a_verified_key_costs_argon2_once(deployment: Deployment) -> None:

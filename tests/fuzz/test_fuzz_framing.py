@@ -19,7 +19,8 @@ from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 from openai._streaming import SSEDecoder  # the SDK's own reader, as a second reference
 
-from nz_proxy.framing import SSE_DONE, LineTooLong, NdjsonSplitter, SseParser, sse_event, sse_json
+from nz_proxy.translation.framing import SSE_DONE, LineTooLong, NdjsonSplitter, sse_event, sse_json
+from tests.sse import SseParser
 from tests.strategies import chunkings, json_values, unicode_text
 
 # --------------------------------------------------------------------------- streams

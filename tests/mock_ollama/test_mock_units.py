@@ -202,7 +202,11 @@ def test_fault_updates() -> None:
     spec = update_faults(FaultSpec(), {"fail_next": 1, "paths": ["/api/chat"]})
     assert take_failure(spec, "/api/tags") == (spec, None)
     after, failure = take_failure(spec, "/api/chat")
-    assert failure == (500, "mock: injected failure")
+    assert failure == (500, "mock: injected failure", False)
     assert after.fail_next == 0
+    plain = update_faults(spec, {"fail_plain": True, "fail_status": 502})
+    assert take_failure(plain, "/api/chat")[1] == (502, "mock: injected failure", True)
+    with pytest.raises(ValueError, match="fail_plain"):
+        update_faults(spec, {"fail_plain": 1})
     with pytest.raises(ValueError, match="unknown fault keys: x"):
         update_faults(spec, {"x": 1})

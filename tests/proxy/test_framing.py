@@ -11,14 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 from openai._streaming import SSEDecoder  # the SDK's own reader, as a reference
 
-from nz_proxy.framing import (
+from nz_proxy.translation.framing import (
     SSE_DONE,
     LineTooLong,
     NdjsonSplitter,
-    SseParser,
     sse_event,
     sse_json,
 )
+from tests.sse import SseParser
 from tests.strategies import chunkings, json_objects, unicode_text
 
 

@@ -22,8 +22,8 @@ from nz_core.limits import Limits
 from nz_core.schema import api_keys, audit_log, budget_usage
 from nz_proxy.audit import AuditRow, AuditWriter, encode_row
 from nz_proxy.maintenance import reap_once
-from nz_proxy.state import Settled
-from nz_proxy.state.redis import RedisStore
+from nz_proxy.admission.stores import Settled
+from nz_proxy.admission.stores.redis import RedisStore
 from tests import services
 from tests.proxy.test_state import Clock
 

@@ -18,14 +18,11 @@ from nz_proxy.errors import (
     UpstreamUnavailable,
     render,
 )
-from nz_proxy.openapi import (
-    OllamaChatRequest,
-    OllamaErrorBody,
-    OpenAIErrorBody,
-    Options,
-    conform,
-    openapi_document,
-)
+from nz_proxy.openapi import openapi_document
+from nz_proxy.wire import conform
+from nz_proxy.wire.fields import Options
+from nz_proxy.wire.ollama import OllamaChatRequest, OllamaErrorBody
+from nz_proxy.wire.openai import OpenAIErrorBody
 
 DOCUMENT = openapi_document()
 OPERATIONS = {

@@ -17,7 +17,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from nz_proxy.state.pipelining import ScriptPipeline
+from nz_proxy.admission.stores.pipelining import ScriptPipeline
 from tests import services
 from tests.processes import free_port
 

@@ -1,7 +1,10 @@
-"""Both state stores against the reference model (SPEC §4.4, §14).
+"""Both state stores (SPEC §4.4, §14).
 
-The same suite runs on the in-process store and on the real Redis (its own database,
-one API-key prefix per test). Time is a clock the test moves.
+The deterministic suite runs on the in-process store and on the real Redis (its own
+database, one API-key prefix per test). The in-process store runs the admission
+algorithm itself (:class:`nz_core.limiter.KeyState`); a stateful property test holds
+the Lua scripts to it, and another checks the rules themselves on the in-process store
+against the test's own bookkeeping. Time is a clock the test moves.
 """
 
 from __future__ import annotations
@@ -28,9 +31,9 @@ from hypothesis.stateful import (
 from nz_core.budgets import Period
 from nz_core.limiter import Ask, BudgetLine, KeyState
 from nz_core.limits import Limits
-from nz_proxy.state import Settled, StateStore
-from nz_proxy.state.memory import MemoryStore
-from nz_proxy.state.redis import RedisStore, key_names
+from nz_proxy.admission.stores import Settled, StateStore
+from nz_proxy.admission.stores.memory import MemoryStore
+from nz_proxy.admission.stores.redis import RedisStore, key_names
 from tests import services
 
 STATE_DB = services.REDIS_DB + 2
@@ -209,17 +212,17 @@ limits_strategy = st.builds(
 )
 
 
-class StoreMatchesReference(RuleBasedStateMachine):
-    """Random admissions, settlements, renewals and waits, on a store and on the model."""
+class RedisStoreMatchesKeyState(RuleBasedStateMachine):
+    """Random admissions, settlements, renewals and waits, on the Lua scripts and on
+    the algorithm they implement."""
 
-    kind = "memory"
     admitted = Bundle("admitted")
 
     def __init__(self) -> None:
         super().__init__()
         self.loop = asyncio.new_event_loop()
         self.clock = Clock()
-        self.store, self._close = make_store(self.kind, self.clock)
+        self.store, self._close = make_store("redis", self.clock)
         self.model = KeyState()
         self.prefix = prefix()
         self.limits = Limits()
@@ -300,19 +303,134 @@ class StoreMatchesReference(RuleBasedStateMachine):
     def wait(self, ms: int) -> None:
         self.clock.now += ms
 
-    @invariant()
-    def never_more_than_rpm_in_a_window(self) -> None:
-        if self.limits.rpm is not None:
-            recent = [t for t in self.model.admitted_at if t > self.clock.now - 60_000]
-            assert len(recent) <= self.limits.rpm
-
     def teardown(self) -> None:
         self.run(self._close())
         self.loop.close()
 
 
-class RedisStoreMatchesReference(StoreMatchesReference):
-    kind = "redis"
+class MemoryStoreKeepsTheRules(RuleBasedStateMachine):
+    """The in-process store under random traffic, checked against the test's own
+    bookkeeping: never more than ``rpm`` admissions in any 60 s, never more than
+    ``concurrent`` live leases, and settlements within their reservation never take a
+    budget counter past its limit (SPEC §4.4's invariant)."""
+
+    open_requests = Bundle("open_requests")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.loop = asyncio.new_event_loop()
+        self.clock = Clock()
+        self.store = MemoryStore(clock=self.clock)
+        self.prefix = prefix()
+        self.limits = Limits()
+        self.budgets: tuple[BudgetLine, ...] = ()
+        self.counted: list[int] = []  # admission times that count towards rpm
+        self.leases: dict[str, int] = {}  # rid → expiry, as the test understands them
+        self.reserved: dict[str, int] = {}
+        self.seeded: dict[str, int] = {}
+        self.expected: dict[str, int] = {}  # counter → seed + reservations + corrections
+
+    def run(self, coroutine: Any) -> Any:
+        return self.loop.run_until_complete(coroutine)
+
+    @initialize(
+        limits=limits_strategy,
+        budgets=st.lists(
+            st.tuples(st.sampled_from(list(Period)), st.integers(0, 3000)),
+            max_size=3,
+            unique_by=lambda pair: pair[0],
+        ),
+        seed=st.integers(0, 3000),
+    )
+    def configure(self, limits: Limits, budgets: list[tuple[Period, int]], seed: int) -> None:
+        self.limits = limits
+        self.budgets = tuple(BudgetLine(p, n, f"{p.value}:0", 3_600_000) for p, n in budgets)
+        for line in self.budgets:
+            self.seeded[line.counter] = self.expected[line.counter] = seed
+            self.run(self.store.seed(self.prefix, line.counter, seed, line.ttl_ms))
+
+    @rule(
+        target=open_requests,
+        inference=st.booleans(),
+        estimate=st.integers(0, 400),
+        cap=st.none() | st.integers(1, 500),
+        lease=st.integers(1_000, 40_000),
+        generates=st.booleans(),
+    )
+    def admit(
+        self, inference: bool, estimate: int, cap: int | None, lease: int, generates: bool
+    ) -> Ask:
+        now = self.clock.now
+        request = Ask(
+            uuid.uuid4().hex,
+            inference,
+            self.limits,
+            self.budgets,
+            estimate,
+            cap,
+            300,
+            lease,
+            generates,
+        )
+        live = sum(1 for expiry in self.leases.values() if expiry > now)
+        decision = self.run(self.store.admit(self.prefix, request, b""))
+        if not decision.admitted:
+            return request
+        if self.limits.rpm is not None:
+            self.counted.append(now)
+        if inference:
+            if self.limits.concurrent is not None:
+                assert live < self.limits.concurrent
+            self.leases[request.rid] = now + lease
+            self.reserved[request.rid] = decision.reserved
+            for line in self.budgets:
+                self.expected[line.counter] += decision.reserved
+            for state, line in zip(decision.budget_states, self.budgets, strict=True):
+                # Admitted only where the reservation fits (or it reserves nothing).
+                assert state.used <= max(line.limit, self.seeded[line.counter])
+        return request
+
+    @rule(request=consumes(open_requests), share=st.floats(0, 1))
+    def settle(self, request: Ask, share: float) -> None:
+        reserved = self.reserved.pop(request.rid, None)
+        tokens = int((reserved or 0) * share)  # within the reservation
+        self.leases.pop(request.rid, None)
+        self.run(self.store.settle(self.prefix, request, tokens, b""))
+        if reserved is not None:
+            for line in self.budgets:
+                self.expected[line.counter] += tokens - reserved
+
+    @rule(request=open_requests)
+    def renew(self, request: Ask) -> None:
+        now = self.clock.now
+        if self.leases.get(request.rid, now) > now:
+            self.leases[request.rid] = now + request.lease_ms
+        self.run(self.store.renew([(self.prefix, request)]))
+
+    @rule(ms=st.sampled_from([1, 999, 1_000, 9_999, 10_000, 30_000, 59_999, 60_000, 61_000]))
+    def wait(self, ms: int) -> None:
+        self.clock.now += ms
+
+    @invariant()
+    def never_more_than_rpm_in_a_window(self) -> None:
+        if self.limits.rpm is not None:
+            recent = [t for t in self.counted if t > self.clock.now - 60_000]
+            assert len(recent) <= self.limits.rpm
+
+    @invariant()
+    def budgets_hold(self) -> None:
+        listing = Ask("probe", False, self.limits, self.budgets)
+        probe = self.run(self.store.admit(self.prefix, listing, b""))
+        if probe.reason == "rpm":
+            return  # refused before the budgets were read
+        for state, line in zip(probe.budget_states, self.budgets, strict=True):
+            assert state.used <= max(line.limit, self.seeded[line.counter])
+            assert state.used == self.expected[line.counter]  # settled exactly
+        if self.limits.rpm is not None and probe.admitted:
+            self.counted.append(self.clock.now)  # the probe counted towards rpm too
+
+    def teardown(self) -> None:
+        self.loop.close()
 
 
 _SETTINGS = settings(
@@ -321,7 +439,7 @@ _SETTINGS = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
-TestMemoryStore = StoreMatchesReference.TestCase
+TestMemoryStore = MemoryStoreKeepsTheRules.TestCase
 TestMemoryStore.settings = _SETTINGS
-TestRedisStore = RedisStoreMatchesReference.TestCase
+TestRedisStore = RedisStoreMatchesKeyState.TestCase
 TestRedisStore.settings = _SETTINGS

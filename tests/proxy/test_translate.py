@@ -23,26 +23,33 @@ from openai.types import Completion, CreateEmbeddingResponse, Model
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from nz_proxy.errors import InvalidRequest
-from nz_proxy.framing import SSE_DONE, SseParser
-from nz_proxy.translate import (
-    ChatStream,
-    CompletionStream,
-    NativeStreamTap,
+from nz_proxy.translation.framing import SSE_DONE
+from nz_proxy.translation.native import (
     apply_completion_cap,
-    chat_request,
-    chat_response,
-    completion_request,
-    completion_response,
-    embeddings_request,
-    embeddings_response,
-    include_usage,
-    model_object,
-    models_list,
-    native_error_line,
-    new_completion_id,
     prompt_text_bytes,
     requested_completion_cap,
 )
+from nz_proxy.translation.replies import (
+    chat_response,
+    completion_response,
+    embeddings_response,
+    model_object,
+    models_list,
+    new_completion_id,
+)
+from nz_proxy.translation.requests import (
+    chat_request,
+    completion_request,
+    embeddings_request,
+    include_usage,
+)
+from nz_proxy.translation.streams import (
+    ChatStream,
+    CompletionStream,
+    NativeStreamTap,
+    native_error_line,
+)
+from tests.sse import SseParser
 from tests.strategies import (
     chat_fields,
     conversations,
@@ -434,7 +441,7 @@ _INVALID_CHAT: list[tuple[str, Any, str]] = [
     ("seed", "1", "seed"),
     ("seed", 1.5, "seed"),
     ("stop", 5, "stop"),
-    ("stop", ["a", 1], "stop"),
+    ("stop", ["a", 1], "stop[1]"),
     ("stream", "yes", "stream"),
     ("stream", 1, "stream"),
     ("stream_options", [], "stream_options"),
@@ -632,7 +639,7 @@ def test_completion_request_mapping() -> None:
         ({"prompt": "x", "echo": True}, "echo", "not supported"),
         ({"prompt": "x", "echo": "no"}, "echo", "boolean"),
         ({"prompt": "x", "suffix": 1}, "suffix", "string"),
-        ({"prompt": "x", "max_tokens": "x"}, "max_tokens", "positive integer"),
+        ({"prompt": "x", "max_tokens": "x"}, "max_tokens", "an integer"),
         ({"prompt": "x", "images": "abc"}, "images", "type"),
     ],
 )
@@ -671,7 +678,7 @@ def test_embeddings_request_mapping() -> None:
         ({"input": None}, "input", "string"),
         ({"input": ["a"] * 2049}, "input", "2048"),
         ({"input": "x", "encoding_format": "int8"}, "encoding_format", "base64"),
-        ({"input": "x", "dimensions": 0}, "dimensions", "positive"),
+        ({"input": "x", "dimensions": 0}, "dimensions", "an integer >= 1"),
         ({"input": "x", "truncate": "yes"}, "truncate", "type"),
     ],
 )
@@ -734,30 +741,50 @@ def test_prompt_text_bytes_counts_every_prompt_field() -> None:
     chat_body = {
         "model": "m",
         "messages": [
-            {"role": "system", "content": "héllo"},  # 6 bytes
-            {"role": "user", "content": "", "images": [PNG_B64, PNG_B64]},
+            {"role": "system", "content": "héllo"},  # 6 + 6 bytes
+            {"role": "user", "content": "", "images": [PNG_B64, PNG_B64]},  # 4
             {"role": "assistant", "content": "ok", "thinking": "hm", "tool_calls": calls},
+            {"role": "tool", "content": "r", "tool_name": "f", "tool_call_id": "c1"},
             "junk",
         ],
         "tools": tools,
     }
-    expected = 6 + 2 + 2 + len(msgspec.json.encode(calls)) + len(msgspec.json.encode(tools))
-    assert prompt_text_bytes(chat_body) == (expected, 3, 2)
-    generate = {"model": "m", "system": "s", "prompt": "日本", "suffix": "x", "images": ["a"]}
-    assert prompt_text_bytes(generate) == (1 + 6 + 1, 0, 1)
-    assert prompt_text_bytes({"model": "m", "input": ["ab", "ü", 3]}) == (4, 0, 0)
-    assert prompt_text_bytes({"model": "m", "input": "abc"}) == (3, 0, 0)
-    assert prompt_text_bytes({"model": "m", "prompt": "legacy embeddings"}) == (17, 0, 0)
+    roles = len("system") + len("user") + len("assistant") + len("tool")
+    expected = (
+        roles + 6 + 2 + 2 + 1 + 1 + 2
+        + len(msgspec.json.encode(calls))
+        + len(msgspec.json.encode(tools))
+    )  # fmt: skip
+    assert prompt_text_bytes(chat_body) == (expected, 4, 2, 0)
+    generate = {
+        "model": "m",
+        "system": "s",
+        "template": "{{ .Prompt }}",
+        "prompt": "日本",
+        "suffix": "x",
+        "images": ["a"],
+        "context": [1, 2, 3],
+    }
+    assert prompt_text_bytes(generate) == (1 + 13 + 6 + 1, 0, 1, 3)
+    assert prompt_text_bytes({"model": "m", "input": ["ab", "ü", 3]}) == (4, 3, 0, 0)
+    assert prompt_text_bytes({"model": "m", "input": "abc"}) == (3, 0, 0, 0)
+    assert prompt_text_bytes({"model": "m", "prompt": "legacy embeddings"}) == (17, 0, 0, 0)
 
 
 @given(conversation=conversations())
 def test_prompt_text_bytes_of_translated_chat(conversation: list[dict[str, Any]]) -> None:
     native = chat(messages=conversation)
-    content = sum(len(m["content"].encode()) for m in native["messages"])
+    text = sum(
+        len(m[k].encode())
+        for m in native["messages"]
+        for k in ("role", "content", "thinking", "tool_name", "tool_call_id")
+        if k in m
+    )
     calls = sum(
         len(msgspec.json.encode(m["tool_calls"])) for m in native["messages"] if "tool_calls" in m
     )
-    assert prompt_text_bytes(native) == (content + calls, len(native["messages"]), 0)
+    images = sum(len(m.get("images", ())) for m in native["messages"])
+    assert prompt_text_bytes(native) == (text + calls, len(native["messages"]), images, 0)
 
 
 # --------------------------------------------------------------------------- chat responses

@@ -99,7 +99,7 @@ FAULTS = [
         _redis_signal(signal.SIGSTOP),
         _redis_signal(signal.SIGCONT),
         frozenset({"200", "503"}),
-        "503 within about a second (0.75 s socket timeout)",
+        "503 within a second (0.25 s pool wait + 0.5 s socket timeout, never retried)",
     ),
     Fault(
         "postgres-stopped",
@@ -127,11 +127,19 @@ FAULTS = [
     ),
     Fault(
         "backend-failing",
-        "the backend answers 500 to everything",
+        "the backend answers every request with Ollama's own 500 error",
         lambda s: s.mock.faults(fail_next=1_000_000, fail_status=500),
         lambda s: s.mock.faults(fail_next=0),
         frozenset({"200", "502"}),
-        "502 upstream_unavailable, circuit opens, Retry-After",
+        "502 with the backend's message; the circuit stays closed (the node answers)",
+    ),
+    Fault(
+        "backend-proxy-failing",
+        "a proxy in front of the backend answers plain-text 502 to everything",
+        lambda s: s.mock.faults(fail_next=1_000_000, fail_status=502, fail_plain=True),
+        lambda s: s.mock.faults(fail_next=0, fail_plain=False),
+        frozenset({"200", "502"}),
+        "502 upstream_unavailable; liveness probes fail, the circuit opens, Retry-After",
     ),
     Fault(
         "backend-cuts-streams",

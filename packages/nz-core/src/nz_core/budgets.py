@@ -1,4 +1,4 @@
-"""Token budgets: calendar periods, the binding period, and reservations (SPEC §4.4).
+"""Token budgets: calendar periods, the binding period, the prompt estimate (SPEC §4.4).
 
 A key may have a ``daily``, ``monthly`` and ``total`` budget in any combination. The
 periods are calendar periods in a timezone (UTC unless ``BUDGET_TIMEZONE`` says
@@ -7,6 +7,7 @@ otherwise); ``total`` never resets. Admission *reserves* an upper bound for a re
 the reservation with the tokens really used, so completions can never take a key past
 its budget; only a prompt larger than its estimate can, by at most that difference.
 
+How a reservation is sized from these is :func:`nz_core.limiter.plan_reservation`.
 Everything here is arithmetic on values the caller passes in, including ``now``.
 """
 
@@ -23,17 +24,16 @@ from nz_core.errors import InvalidValue
 
 __all__ = [
     "BUDGET_MAX",
+    "DEFAULT_IMAGE_TOKENS",
     "TOTAL_START",
     "Budgets",
     "Period",
     "PeriodCalendar",
     "PeriodState",
-    "Reservation",
     "binding_period",
     "blocking_period",
     "estimate_prompt_tokens",
     "period_bounds",
-    "plan_reservation",
     "seconds_until_reset",
     "validate_budget",
 ]
@@ -172,60 +172,31 @@ def blocking_period(states: Iterable[PeriodState], needed: int) -> PeriodState |
     return max(short, key=lambda s: _RESET_ORDER[s.period], default=None)
 
 
-@dataclass(frozen=True, slots=True)
-class Reservation:
-    """What admission holds for one request until it is settled."""
-
-    prompt_estimate: int
-    completion_cap: int
-
-    @property
-    def tokens(self) -> int:
-        return self.prompt_estimate + self.completion_cap
-
-
-def plan_reservation(
-    *,
-    prompt_estimate: int,
-    requested_cap: int | None,
-    default_cap: int,
-    remaining: int | None,
-) -> Reservation | None:
-    """Size the reservation for a request, or ``None`` when the budget cannot hold it.
-
-    ``remaining`` is the fewest tokens any configured period has left (``None`` when the
-    key has no budget). A completion cap the client asked for is honoured as given and
-    must fit; without one, ``default_cap`` is used but never more than what is left
-    after the prompt estimate.
-    """
-    if requested_cap is not None and requested_cap < 1:
-        requested_cap = None
-    if remaining is None:
-        return Reservation(prompt_estimate, requested_cap or default_cap)
-    if requested_cap is not None:
-        cap = requested_cap
-    else:
-        cap = min(default_cap, remaining - prompt_estimate)
-    if cap < 1 or prompt_estimate + cap > remaining:
-        return None
-    return Reservation(prompt_estimate, cap)
-
-
 # A conservative upper estimate of prompt tokens. Tokenisers average about 4 bytes per
 # token on English text and code, fewer on other scripts; 3 bytes keeps the estimate
 # above the real count for almost all text. Chat templates add a few tokens per
-# message and a fixed preamble; vision models spend hundreds of tokens per image.
+# message and a fixed preamble; vision models spend hundreds of tokens per image
+# (``BUDGET_IMAGE_TOKENS``); a ``context`` array is token ids already, one token each.
 _BYTES_PER_TOKEN: Final = 3
 _TOKENS_PER_MESSAGE: Final = 8
 _TOKENS_PER_REQUEST: Final = 32
-_TOKENS_PER_IMAGE: Final = 768
+DEFAULT_IMAGE_TOKENS: Final = 768
 
 
-def estimate_prompt_tokens(text_bytes: int, messages: int = 1, images: int = 0) -> int:
-    """A conservative estimate of the prompt tokens of a request from its text size."""
+def estimate_prompt_tokens(
+    text_bytes: int,
+    messages: int = 1,
+    images: int = 0,
+    context_tokens: int = 0,
+    *,
+    image_tokens: int = DEFAULT_IMAGE_TOKENS,
+) -> int:
+    """A conservative estimate of the prompt tokens of a request: its text by size,
+    a few tokens per message, ``image_tokens`` per image and the ``context`` ids."""
     return (
         -(-text_bytes // _BYTES_PER_TOKEN)
         + _TOKENS_PER_MESSAGE * messages
         + _TOKENS_PER_REQUEST
-        + _TOKENS_PER_IMAGE * images
+        + image_tokens * images
+        + context_tokens
     )

@@ -9,7 +9,7 @@ which is always a single line fit for an operator.
     ``InvalidValue``: an argument is out of range (negative limit, unknown scope, ...).
     ``NotFound``: ``TenantNotFound``, ``KeyNotFound``.
     ``AlreadyExists``: ``TenantExists``.
-    ``DatabaseError``: ``DatabaseUnreachable``, ``NotMigrated``.
+    ``DatabaseError``: ``DatabaseUnreachable``, ``NotMigrated``, ``RowsRefused``.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ __all__ = [
     "NotFound",
     "NotMigrated",
     "NzError",
+    "RowsRefused",
     "TenantExists",
     "TenantNotFound",
 ]
@@ -85,3 +86,9 @@ class NotMigrated(DatabaseError):
         super().__init__(
             "database schema is missing or out of date; run `neuronetz-gateway migrate`"
         )
+
+
+class RowsRefused(DatabaseError):
+    """The database refused a batch because of a value in it, not because it is away:
+    nothing was written, and the same rows would be refused again. The message names
+    the kind of refusal (SQLSTATE, constraint), never a value."""

@@ -1,10 +1,10 @@
-"""The admission decision for one API key, as a plain reference model (SPEC §4.4).
+"""The admission decision for one API key (SPEC §4.4), in one place.
 
-:class:`KeyState` keeps one key's state in the simplest structures that can hold it
-(lists and dicts) and decides with the arithmetic of :mod:`nz_core.windows` and
-:mod:`nz_core.budgets`. It is what the production state stores (Redis scripts, the
-in-process store) are property-tested against: fed the same operations at the same
-times, they must make the same decisions.
+:class:`KeyState` keeps one key's state and decides with the arithmetic of
+:mod:`nz_core.windows` and :mod:`nz_core.budgets`. The in-process state store runs it
+as it is; the Redis scripts implement the same algorithm in Lua, and property tests
+hold them to this one: fed the same operations at the same times, they must make the
+same decisions.
 
 One admission checks, in order: the request window (``rpm``); then, every budget
 counter being known, for inference the concurrency leases, the token window (``tpm``)
@@ -18,6 +18,7 @@ whose lease ran out unsettled stays counted at its reserved amount.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from nz_core.budgets import Period, PeriodState, binding_period, blocking_period
@@ -27,8 +28,8 @@ from nz_core.windows import (
     TOKEN_WINDOW_BUCKETS,
     WindowCheck,
     check_concurrency,
-    check_requests,
     check_tokens,
+    check_window,
     token_bucket,
 )
 
@@ -58,11 +59,13 @@ class BudgetLine:
 
 @dataclass(frozen=True, slots=True)
 class Ask:
-    """What one request asks of its key."""
+    """What one request asks of its key: the request's own part (its id, whether it
+    runs a model, its prompt estimate and completion cap) and the key's terms it is
+    decided under (limits, budgets, default cap, lease), which the admission fills in."""
 
-    rid: str
-    inference: bool
-    limits: Limits
+    rid: str  # unique per request (the audit id), never the client's request id
+    inference: bool  # generation or embedding, as opposed to listing models
+    limits: Limits = field(default_factory=Limits)
     budgets: tuple[BudgetLine, ...] = ()
     prompt_estimate: int = 0
     requested_cap: int | None = None
@@ -153,9 +156,11 @@ class Reservation:
 
 @dataclass
 class KeyState:
-    """Everything one key's admission depends on."""
+    """Everything one key's admission depends on, in structures that stay cheap at any
+    limit: admission times in arrival order (times never go backwards on the stores'
+    clocks), a handful of token buckets, one lease and one reservation per request."""
 
-    admitted_at: list[int] = field(default_factory=list)  # inside the request window
+    admitted_at: deque[int] = field(default_factory=deque)  # inside the request window
     buckets: dict[int, int] = field(default_factory=dict)  # token window
     leases: dict[str, int] = field(default_factory=dict)  # rid → expiry
     counters: dict[str, int] = field(default_factory=dict)  # budget counter → tokens
@@ -166,22 +171,31 @@ class KeyState:
         self.counters.setdefault(counter, tokens)
 
     def admit(self, ask: Ask, now_ms: int) -> Decision:
+        """Decide one admission and, when admitted, record it."""
+        self.forget_old(now_ms)
         limits = ask.limits
         requests = None
         if limits.rpm is not None:
-            requests = check_requests(self.admitted_at, now_ms, limits.rpm)
+            requests = check_window(self.admitted_at, now_ms, limits.rpm)
             if not requests.allowed:
                 return Decision(False, "rpm", requests.retry_after_ms, requests=requests)
         missing = tuple(b for b in ask.budgets if b.counter not in self.counters)
         if missing:
             return Decision(False, missing=missing)
-        states = tuple(
-            PeriodState(b.period, b.limit, self.counters[b.counter]) for b in ask.budgets
-        )
+        states = self._states(ask)
         # Every later refusal reports the windows as they stand, this request uncounted.
         tokens = check_tokens(self.buckets, now_ms, limits.tpm) if limits.tpm is not None else None
-
-        def refuse(reason: str, wait: int | None, blocking: Period | None = None) -> Decision:
+        refusal = self._refusal(ask, now_ms, tokens)
+        cap: int | None = None
+        reserved = 0
+        if refusal is None and ask.reserves:
+            plan = plan_reservation(ask, states)
+            if isinstance(plan, BlockedBy):
+                refusal = ("budget", None, plan.period)
+            else:
+                cap, reserved = plan
+        if refusal is not None:
+            reason, wait, blocking = refusal
             return Decision(
                 False,
                 reason,
@@ -191,43 +205,45 @@ class KeyState:
                 tokens=tokens,
                 budget_states=states,
             )
-
-        if ask.inference:
-            if limits.concurrent is not None:
-                concurrency = check_concurrency(self.leases.values(), now_ms, limits.concurrent)
-                if not concurrency.allowed:
-                    return refuse("concurrency", concurrency.retry_after_ms)
-            if tokens is not None and not tokens.allowed:
-                return refuse("tpm", tokens.retry_after_ms)
-        cap: int | None = None
-        reserved = 0
-        if ask.reserves:
-            plan = plan_reservation(ask, states)
-            if isinstance(plan, BlockedBy):
-                return refuse("budget", None, plan.period)
-            cap, reserved = plan
-        # Admitted: record it.
-        if limits.rpm is not None:
-            self.admitted_at.append(now_ms)
-        if ask.inference:
-            self.leases[ask.rid] = now_ms + ask.lease_ms
-            bucket = token_bucket(now_ms)
-            if limits.tpm is not None and reserved:
-                self.buckets[bucket] = self.buckets.get(bucket, 0) + reserved
-            for line in ask.budgets:
-                self.counters[line.counter] += reserved
-            self.pending[ask.rid] = Reservation(
-                reserved, bucket, tuple(b.counter for b in ask.budgets)
-            )
-        after = tuple(PeriodState(b.period, b.limit, self.counters[b.counter]) for b in ask.budgets)
+        self._record(ask, now_ms, reserved)
         return Decision(
             True,
             cap=cap,
             reserved=reserved,
             requests=requests,
             tokens=tokens,
-            budget_states=after,
+            budget_states=self._states(ask),
         )
+
+    def _states(self, ask: Ask) -> tuple[PeriodState, ...]:
+        return tuple(PeriodState(b.period, b.limit, self.counters[b.counter]) for b in ask.budgets)
+
+    def _refusal(
+        self, ask: Ask, now_ms: int, tokens: WindowCheck | None
+    ) -> tuple[str, int | None, Period | None] | None:
+        """Concurrency, then the token window: inference only."""
+        if not ask.inference:
+            return None
+        if ask.limits.concurrent is not None:
+            concurrency = check_concurrency(self.leases.values(), now_ms, ask.limits.concurrent)
+            if not concurrency.allowed:
+                return "concurrency", concurrency.retry_after_ms, None
+        if tokens is not None and not tokens.allowed:
+            return "tpm", tokens.retry_after_ms, None
+        return None
+
+    def _record(self, ask: Ask, now_ms: int, reserved: int) -> None:
+        if ask.limits.rpm is not None:
+            self.admitted_at.append(now_ms)
+        if not ask.inference:
+            return
+        self.leases[ask.rid] = now_ms + ask.lease_ms
+        bucket = token_bucket(now_ms)
+        if ask.limits.tpm is not None and reserved:
+            self.buckets[bucket] = self.buckets.get(bucket, 0) + reserved
+        for line in ask.budgets:
+            self.counters[line.counter] += reserved
+        self.pending[ask.rid] = Reservation(reserved, bucket, tuple(b.counter for b in ask.budgets))
 
     def settle(self, rid: str, tokens: int, now_ms: int, *, counts_tokens: bool) -> bool:
         """Replace ``rid``'s reservation by ``tokens``. False when there is nothing to
@@ -261,7 +277,17 @@ class KeyState:
         return True
 
     def forget_old(self, now_ms: int) -> None:
-        """Drop what no window can count any more (the stores expire it alike)."""
-        self.admitted_at = [t for t in self.admitted_at if t > now_ms - REQUEST_WINDOW_MS]
+        """Drop what no window can count any more (the Redis scripts expire it alike)."""
+        window = self.admitted_at
+        while window and window[0] <= now_ms - REQUEST_WINDOW_MS:
+            window.popleft()
         oldest = token_bucket(now_ms) - TOKEN_WINDOW_BUCKETS
-        self.buckets = {b: v for b, v in self.buckets.items() if b > oldest}
+        for bucket in [b for b in self.buckets if b <= oldest]:
+            del self.buckets[bucket]
+
+    def forget_lapsed(self, now_ms: int, grace_ms: int) -> None:
+        """Forget requests whose lease ran out more than ``grace_ms`` ago: they stay
+        counted at their reservation (SPEC §4.4), and nothing will settle them."""
+        for rid in [r for r, expiry in self.leases.items() if expiry <= now_ms - grace_ms]:
+            del self.leases[rid]
+            self.pending.pop(rid, None)

@@ -13,7 +13,14 @@ from dataclasses import dataclass
 
 from nz_core.errors import InvalidValue
 
-__all__ = ["ModelPolicy", "effective_models", "may_use", "normalize_model", "parse_model_list"]
+__all__ = [
+    "ModelPolicy",
+    "effective_models",
+    "may_use",
+    "model_key",
+    "normalize_model",
+    "parse_model_list",
+]
 
 
 def normalize_model(name: str) -> str:
@@ -28,6 +35,19 @@ def normalize_model(name: str) -> str:
     if ":" not in last:
         return name + ":latest"
     return name
+
+
+def model_key(requested: str) -> str | None:
+    """The normalised name to look a client's ``requested`` model up by, or ``None`` when
+    it cannot name an installed model.
+
+    Ollama's model names are ASCII. A name that is not could still normalise onto one
+    (lower-casing turns the Kelvin sign U+212A into ``k``), so it is never looked up:
+    the caller treats it as a model outside the set.
+    """
+    if not requested.isascii():
+        return None
+    return normalize_model(requested)
 
 
 def parse_model_list(text: str) -> frozenset[str]:
@@ -67,8 +87,9 @@ def effective_models(policy: ModelPolicy, discovered: frozenset[str] | None) -> 
     return policy.allowed & discovered
 
 
-def may_use(policy: ModelPolicy, discovered: frozenset[str] | None, name: str) -> bool:
-    """Whether ``name`` (normalised) is in the effective set, without building the set."""
-    if not discovered or name not in discovered:
+def may_use(policy: ModelPolicy, discovered: frozenset[str] | None, name: str | None) -> bool:
+    """Whether ``name`` (normalised; ``None`` for no name) is in the effective set,
+    without building the set."""
+    if name is None or not discovered or name not in discovered:
         return False
     return policy.allow_all or name in policy.allowed

@@ -13,7 +13,7 @@ Times are integer milliseconds on whatever clock the store uses.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -26,6 +26,7 @@ __all__ = [
     "check_concurrency",
     "check_requests",
     "check_tokens",
+    "check_window",
     "token_bucket",
     "tokens_in_window",
 ]
@@ -54,7 +55,14 @@ class WindowCheck:
 
 def check_requests(admitted_at: Iterable[int], now_ms: int, limit: int) -> WindowCheck:
     """Check the exact 60 s request window holding the admission times ``admitted_at``."""
-    in_window = sorted(t for t in admitted_at if t > now_ms - REQUEST_WINDOW_MS)
+    return check_window(
+        sorted(t for t in admitted_at if t > now_ms - REQUEST_WINDOW_MS), now_ms, limit
+    )
+
+
+def check_window(in_window: Sequence[int], now_ms: int, limit: int) -> WindowCheck:
+    """:func:`check_requests` for admission times already inside the window, oldest
+    first (a store that keeps them so pays nothing to sort or filter)."""
     used = len(in_window)
     if used < limit:
         oldest = in_window[0] if in_window else now_ms

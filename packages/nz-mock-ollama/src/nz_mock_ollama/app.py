@@ -41,6 +41,7 @@ def create_app(
 
     route.add_get("/_mock/stats", control.stats, allow_head=False)
     route.add_post("/_mock/reset", control.reset)
+    route.add_get("/_mock/requests", control.requests, allow_head=False)
     route.add_get("/_mock/faults", control.faults, allow_head=False)
     route.add_post("/_mock/faults", control.faults)
     route.add_post("/_mock/models", control.models)

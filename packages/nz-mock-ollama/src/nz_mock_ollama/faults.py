@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-__all__ = ["FaultSpec", "take_failure", "update_faults"]
+__all__ = ["Failure", "FaultSpec", "take_failure", "update_faults"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +22,9 @@ class FaultSpec:
     fail_next: int = 0
     fail_status: int = 500
     fail_message: str = "mock: injected failure"
+    # Failures as plain text, the way a proxy in front of Ollama answers (a node that is
+    # down), rather than Ollama's own `{"error": …}` (a node that refused the request).
+    fail_plain: bool = False
     delay_first_byte_s: float = 0.0
     cut_stream_after: int | None = None
     error_after: int | None = None
@@ -39,11 +42,16 @@ class FaultSpec:
         return data
 
 
-def take_failure(spec: FaultSpec, path: str) -> tuple[FaultSpec, tuple[int, str] | None]:
-    """Consume one `fail_next` for this path: the new spec and (status, message), if any."""
+Failure = tuple[int, str, bool]  # status, message, plain text
+
+
+def take_failure(spec: FaultSpec, path: str) -> tuple[FaultSpec, Failure | None]:
+    """Consume one `fail_next` for this path: the new spec and (status, message, plain),
+    if any."""
     if spec.fail_next <= 0 or not spec.applies_to(path):
         return spec, None
-    return replace(spec, fail_next=spec.fail_next - 1), (spec.fail_status, spec.fail_message)
+    failure = (spec.fail_status, spec.fail_message, spec.fail_plain)
+    return replace(spec, fail_next=spec.fail_next - 1), failure
 
 
 def _int(name: str, value: object, *, minimum: int, maximum: int | None = None) -> int:
@@ -103,6 +111,10 @@ def update_faults(current: FaultSpec, changes: Mapping[str, object]) -> FaultSpe
                 fields[key] = _int(key, value, minimum=400, maximum=599)
             case "fail_message" | "error_message":
                 fields[key] = _text(key, value)
+            case "fail_plain":
+                if not isinstance(value, bool):
+                    raise ValueError("fail_plain must be true or false")
+                fields[key] = value
             case "delay_first_byte_s":
                 fields[key] = _seconds(key, value)
             case "cut_stream_after" | "error_after":

@@ -44,12 +44,14 @@ async def ollama_middleware(request: web.Request, handler: Handler) -> web.Strea
     state = request.app[STATE]
     state.stats.count(path)
     try:
+        await state.received.record(request)
         delay = state.faults.delay_first_byte_s
         if delay and state.faults.applies_to(path):
             await asyncio.sleep(delay)
         failure = state.take_failure(path)
         if failure is not None:
-            return error_response(*failure)
+            status, message, plain = failure
+            return plain_response(status, message) if plain else error_response(status, message)
         return await _answer(request, handler)
     except asyncio.CancelledError:
         # With handler cancellation on, a client that leaves cancels us right here.

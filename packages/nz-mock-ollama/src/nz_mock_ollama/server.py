@@ -103,7 +103,13 @@ class MockServer:
             await site.stop()
             server = self._runner.server
             for connection in server.connections if server is not None else ():
-                connection.close()  # idle ones close now, busy ones after their response
+                # Idle keep-alive connections are cut now (a client that reuses one must
+                # see the node gone, not wait on a socket nobody reads); busy ones close
+                # after their response.
+                if getattr(connection, "_request_in_progress", True):
+                    connection.close()
+                else:
+                    connection.force_close()
         self._refusal = asyncio.get_running_loop().create_task(self._listen_after(seconds))
         until = time.time() + seconds
         self.state.refusing_until = until

@@ -10,8 +10,9 @@ from aiohttp import web
 
 from nz_mock_ollama.catalogue import Catalogue
 from nz_mock_ollama.config import MockConfig
-from nz_mock_ollama.faults import FaultSpec, take_failure
+from nz_mock_ollama.faults import Failure, FaultSpec, take_failure
 from nz_mock_ollama.generation import Corpus, default_corpus
+from nz_mock_ollama.received import ReceivedLog
 from nz_mock_ollama.residency import Residency
 from nz_mock_ollama.stats import Stats
 
@@ -20,7 +21,8 @@ __all__ = ["STATE", "MockState"]
 
 @dataclass(slots=True)
 class MockState:
-    """Models, faults, counters and the generation knobs the control API may change."""
+    """Models, faults, counters, received bodies and the generation knobs the control API
+    may change."""
 
     config: MockConfig
     catalogue: Catalogue
@@ -28,6 +30,7 @@ class MockState:
     token_rate: float
     response_tokens: int
     stats: Stats = field(default_factory=Stats)
+    received: ReceivedLog = field(default_factory=ReceivedLog)
     residency: Residency = field(default_factory=Residency)
     blobs: set[str] = field(default_factory=set)
     corpus: Corpus = field(default_factory=default_corpus)
@@ -56,14 +59,16 @@ class MockState:
         """Seconds between streamed frames (0 when the token rate is 0, i.e. unpaced)."""
         return 1.0 / self.token_rate if self.token_rate > 0 else 0.0
 
-    def take_failure(self, path: str) -> tuple[int, str] | None:
+    def take_failure(self, path: str) -> Failure | None:
         """Consume one injected failure for `path`, if one is armed."""
         self.faults, failure = take_failure(self.faults, path)
         return failure
 
     def reset(self) -> None:
-        """Back to startup: counters zeroed, faults cleared, models and knobs as configured."""
+        """Back to startup: counters zeroed, received bodies and faults cleared, models and
+        knobs as configured."""
         self.stats.reset()
+        self.received.clear()
         self.faults = FaultSpec()
         self.catalogue = Catalogue.from_names(self.config.models, self.config.utc_offset_minutes)
         self.residency.clear()

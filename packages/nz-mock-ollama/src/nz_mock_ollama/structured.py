@@ -25,6 +25,15 @@ def _words(corpus: Corpus, seed: int, count: int) -> str:
     return "".join(t for t in corpus.answer(seed, count * 2) if t.strip(",.")).strip()[:48]
 
 
+def _schema_type(schema: Mapping[str, Any]) -> object:
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None and isinstance(schema.get("properties"), Mapping):
+        kind = "object"
+    return kind
+
+
 def value_for_schema(schema: object, corpus: Corpus, seed: int, depth: int = 0) -> Any:
     """A value that validates against a (simple) JSON schema."""
     if not isinstance(schema, Mapping) or depth > _MAX_DEPTH:
@@ -33,12 +42,7 @@ def value_for_schema(schema: object, corpus: Corpus, seed: int, depth: int = 0) 
         return schema["enum"][0]
     if "const" in schema:
         return schema["const"]
-    kind = schema.get("type")
-    if isinstance(kind, list):
-        kind = next((k for k in kind if k != "null"), "null")
-    if kind is None and isinstance(schema.get("properties"), Mapping):
-        kind = "object"
-    match kind:
+    match _schema_type(schema):
         case "object":
             properties = schema.get("properties")
             if not isinstance(properties, Mapping):

@@ -24,26 +24,34 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from nz_core.database import create_engine, is_sqlite, normalize_url
 from nz_core.keys import KeyHasher
+from nz_proxy.admission.governor import Governor
+from nz_proxy.admission.stores import StateStore
+from nz_proxy.admission.stores.memory import MemoryStore
+from nz_proxy.admission.stores.redis import RedisStore
 from nz_proxy.audit import AuditWriter
 from nz_proxy.auth import Authenticator
 from nz_proxy.breaker import CircuitBreaker
 from nz_proxy.discovery import Discovery, MemoryCatalogueStore, RedisCatalogueStore
-from nz_proxy.errors import GatewayError, MethodNotAllowed, RouteNotFound, render
-from nz_proxy.exchange import surface_of
-from nz_proxy.gateway import Gateway, Job
-from nz_proxy.governor import Governor
+from nz_proxy.errors import (
+    EndpointBlocked,
+    GatewayError,
+    MethodNotAllowed,
+    RouteNotFound,
+    Surface,
+    render,
+)
+from nz_proxy.exchange import exchange_of, surface_of
+from nz_proxy.gateway import Gateway
 from nz_proxy.keycache import LocalKeyCache, MemorySharedCache, RedisSharedCache
 from nz_proxy.logs import configure_logging
-from nz_proxy.maintenance import reaper, sweeper
-from nz_proxy.metrics import Metrics
+from nz_proxy.maintenance import reap_step, sweep_step
+from nz_proxy.metrics import Metrics, background_failed
 from nz_proxy.recorder import Recorder
 from nz_proxy.revocation import ChangeListener, ChangePoller
 from nz_proxy.routes import ollama, openai, system
 from nz_proxy.settings import Settings, load_settings
-from nz_proxy.state import StateStore
-from nz_proxy.state.memory import MemoryStore
-from nz_proxy.state.redis import RedisStore
-from nz_proxy.types import ASGIApp
+from nz_proxy.supervisor import Job, Supervisor
+from nz_proxy.types import ASGIApp, AsgiScope
 from nz_proxy.upstream import Upstream
 
 __all__ = ["app_from_env", "asgi_app", "build_gateway", "create_app"]
@@ -51,11 +59,21 @@ __all__ = ["app_from_env", "asgi_app", "build_gateway", "create_app"]
 # The per-process key cache is short-lived (SPEC §4.2): evictions reach it by NOTIFY,
 # and this bounds how long it can drift from the shared level otherwise.
 LOCAL_KEY_CACHE_TTL_S: Final = 30.0
-REDIS_TIMEOUT_S: Final = 0.75
+# Fail closed fast (SPEC §3): a frozen Redis is a 503 within a second. A request's first
+# Redis call waits at most POOL_WAIT (for a free connection) plus TIMEOUT (for the
+# answer); it is never retried after a timeout, so no request waits twice.
+REDIS_TIMEOUT_S: Final = 0.5
+REDIS_POOL_WAIT_S: Final = 0.25
+# However the time goes (a free connection, a fresh connection's handshake, a retry),
+# no request waits longer than this for one answer from Redis.
+REDIS_DEADLINE_S: Final = 0.75
 
 
-def build_gateway(settings: Settings) -> Gateway:
-    """The services for ``settings``; nothing connects until :meth:`Gateway.start`."""
+def build_gateway(settings: Settings, *, upstream: Upstream | None = None) -> Gateway:
+    """The services for ``settings``; nothing connects until :meth:`Gateway.start`.
+
+    ``upstream`` replaces the backend client (tests pass one in front of a fake backend,
+    as httpx's ``MockTransport`` is passed to a client)."""
     engine = create_engine(settings.database_url)
     redis = (
         # from_pool: the client owns the pool, so closing the client closes it.
@@ -65,26 +83,26 @@ def build_gateway(settings: Settings) -> Gateway:
                 # More requests than connections wait for one (redis-py's plain pool
                 # raises instead: a burst of 101 streams would get 503s).
                 max_connections=settings.redis_max_connections,
-                timeout=REDIS_TIMEOUT_S,
-                # Fail closed fast: a stopped or frozen Redis is a 503 within a second.
+                timeout=REDIS_POOL_WAIT_S,
                 socket_timeout=REDIS_TIMEOUT_S,
                 socket_connect_timeout=REDIS_TIMEOUT_S,
                 # After Redis restarts, each pooled connection is dead until used once;
                 # one immediate retry on a fresh connection spares those requests a
-                # 503. A Redis that is down still fails at once (timeouts are not
-                # retried: a frozen Redis stays a 503 within the socket timeout).
-                retry=Retry(NoBackoff(), 1),
-                retry_on_error=[RedisConnectionError],
+                # 503. A Redis that is down still fails at once, and timeouts are not
+                # retried (redis-py retries them by default: 1.5 s for a frozen Redis).
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
         )
         if settings.redis_url
         else None
     )
-    store: StateStore = RedisStore(redis) if redis is not None else MemoryStore()
+    store: StateStore = (
+        RedisStore(redis, deadline_s=REDIS_DEADLINE_S) if redis is not None else MemoryStore()
+    )
     audit = AuditWriter(engine, store, settings.zone, capacity=settings.audit_buffer_rows)
     governor = Governor(store, engine, audit, settings)
     shared_cache = (
-        RedisSharedCache(redis, settings.key_cache_ttl_s)
+        RedisSharedCache(redis, settings.key_cache_ttl_s, REDIS_DEADLINE_S)
         if redis is not None
         else MemorySharedCache(settings.key_cache_ttl_s)
     )
@@ -94,7 +112,7 @@ def build_gateway(settings: Settings) -> Gateway:
         shared=shared_cache,
         hasher=KeyHasher(),
     )
-    upstream = Upstream(
+    upstream = upstream or Upstream(
         settings.ollama_base_url,
         connect_timeout_s=settings.upstream_connect_timeout_s,
         read_timeout_s=settings.upstream_read_timeout_s,
@@ -111,14 +129,21 @@ def build_gateway(settings: Settings) -> Gateway:
         refresh_s=settings.model_discovery_refresh_s,
         ttl_s=settings.model_discovery_cache_ttl_s,
     )
-    jobs: list[Job] = [governor.renew_leases, partial(sweeper, engine)]
+    lease_s = settings.concurrency_lease_s
+    jobs = [
+        Job("lease-renewal", governor.renew_step, first_after=lease_s / 3),
+        Job("sweeper", partial(sweep_step, engine)),
+    ]
     if redis is not None:
-        jobs.append(partial(reaper, store, audit, settings.concurrency_lease_s))
-        jobs.append(governor.backlog.run)
+        jobs.append(
+            Job("reaper", partial(reap_step, store, audit, lease_s), first_after=lease_s / 2)
+        )
+        jobs.append(Job("settlement-replay", governor.backlog.step))
     if is_sqlite(settings.database_url):
-        jobs.append(ChangePoller(engine, auth).run)
+        jobs.append(Job("revocation", ChangePoller(engine, auth).step))
     else:
-        jobs.append(ChangeListener(asyncpg_dsn(settings.database_url), engine, auth).run)
+        listener = ChangeListener(asyncpg_dsn(settings.database_url), engine, auth)
+        jobs.append(Job("revocation", listener.step, interruptible=True))
     return Gateway(
         settings=settings,
         engine=engine,
@@ -129,6 +154,7 @@ def build_gateway(settings: Settings) -> Gateway:
         admission=governor,
         store=store,
         audit=audit,
+        supervisor=Supervisor(on_failure=background_failed),
         jobs=jobs,
     )
 
@@ -142,7 +168,14 @@ def asyncpg_dsn(url: str) -> str:
 def _error_response(request: Request[object, object, State], exc: Exception) -> Response[bytes]:
     """Errors Litestar itself raises (no route, wrong method), in the surface's shape."""
     error: GatewayError
-    if isinstance(exc, NotFoundException):
+    surface = surface_of(request.url.path)
+    if isinstance(exc, NotFoundException) and request.url.path.lower().startswith("/api/"):
+        # `/API/PULL` is refused as `/api/pull` is: no spelling of /api reaches a 404.
+        error, surface = EndpointBlocked(), Surface.OLLAMA
+        exchange = exchange_of(cast("AsgiScope", request.scope))
+        exchange.endpoint = "/api/*"
+        exchange.failed(error)
+    elif isinstance(exc, NotFoundException):
         error = RouteNotFound()
     elif isinstance(exc, MethodNotAllowedException):
         error = MethodNotAllowed(("GET", "HEAD"))
@@ -152,7 +185,7 @@ def _error_response(request: Request[object, object, State], exc: Exception) -> 
     else:
         error = GatewayError("Internal error.")
     return Response(
-        render(error, surface_of(request.url.path)),
+        render(error, surface),
         status_code=error.status,
         media_type="application/json",
         headers=error.headers(),
@@ -180,14 +213,15 @@ def create_app(settings: Settings, gateway: Gateway | None = None) -> Litestar:
     )
 
 
-def asgi_app(settings: Settings) -> ASGIApp:
+def asgi_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
     """The application as served: Litestar inside the request recorder, whose every
     finished request becomes a log line, an audit row and metrics."""
-    gateway = build_gateway(settings)
+    gateway = gateway or build_gateway(settings)
     metrics = Metrics(
         breaker_state=lambda: gateway.upstream.breaker.state.value,
         audit_waiting=lambda: gateway.audit.waiting,
         verifications=lambda: gateway.auth.verifications,
+        audit_lost=lambda: gateway.audit.lost,
     )
     # Litestar types its ASGI events precisely; the recorder only passes them through.
     litestar = cast("ASGIApp", create_app(settings, gateway))

@@ -4,19 +4,28 @@ Content-Type (``curl -d`` sends a form type, and Ollama accepts it; SPEC §6.4).
 from __future__ import annotations
 
 import asyncio
+import json
 import math
-from typing import Any, Final
+import re
+from collections.abc import Callable
+from functools import cache
+from typing import Any, Final, TypeVar
 
-import msgspec
+import anyio
 
 from nz_proxy.errors import BodyTimeout, InvalidRequest, RequestTooLarge
 from nz_proxy.types import Receive
 
-__all__ = ["BODY_DEADLINE_S", "ClientGone", "parse_json_object", "read_body"]
+__all__ = ["BODY_DEADLINE_S", "ClientGone", "decode_object", "parse_json_object", "read_body"]
 
 # 16 MiB (the default cap) in this time needs about 2.3 Mbit/s; chat bodies are far
 # smaller.
 BODY_DEADLINE_S: Final = 60.0
+# Reading 16 MiB of small JSON objects takes about a second of CPU: bodies above this
+# size are read in a worker thread, one at a time, so the event loop keeps serving.
+OFF_LOOP_BYTES: Final = 1 << 20
+
+T = TypeVar("T")
 
 
 def _number(text: str) -> int | float:
@@ -24,11 +33,59 @@ def _number(text: str) -> int | float:
     # Go decoder refuses it for an int field, so it is forwarded as `12`.
     value = float(text)
     if not math.isfinite(value):
-        raise msgspec.ValidationError("Number out of range")
+        raise _OutOfRange
     return int(value) if value.is_integer() else value
 
 
-_decode = msgspec.json.Decoder(float_hook=_number).decode
+def _constant(_name: str) -> Any:
+    raise _OutOfRange  # NaN and Infinity are not JSON, whatever Python's parser says
+
+
+class _OutOfRange(ValueError):
+    pass
+
+
+class _Duplicate(ValueError):
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _Duplicate(key)
+            seen.add(key)
+    return obj
+
+
+# The stdlib parser, not msgspec: only it shows an object's keys before they are merged,
+# and a key sent twice must be refused, not silently read as its last value (SPEC §4.9).
+_decode = json.JSONDecoder(
+    object_pairs_hook=_object, parse_float=_number, parse_constant=_constant
+).decode
+
+# Lone surrogates can only come from `\uD800`-`\uDFFF` escapes (UTF-8 cannot carry them).
+_SURROGATE_ESCAPE: Final = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE: Final = re.compile("[\ud800-\udfff]")
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    """Go's decoder reads an unpaired surrogate escape as U+FFFD; so does the gateway,
+    which then forwards exactly that (a lone surrogate cannot even be encoded)."""
+    if isinstance(value, str):
+        return _LONE_SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(item) for item in value]
+    if isinstance(value, dict):
+        return {
+            _replace_lone_surrogates(key): _replace_lone_surrogates(item)
+            for key, item in value.items()
+        }
+    return value
 
 
 class ClientGone(Exception):
@@ -70,17 +127,51 @@ async def read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -
 
 
 def parse_json_object(raw: bytes) -> dict[str, Any]:
-    """Decode a JSON object, or a clear 400."""
+    """Decode a JSON object, or a clear 400.
+
+    Read as Go reads it where that matters: strictly UTF-8, one value (nothing after
+    it), an unpaired surrogate escape as U+FFFD. A key sent twice in one object is a
+    400 naming it (Go would read the last; the client may have meant the first).
+    """
     if not raw.strip():
         raise InvalidRequest("The request body is empty; send a JSON object.")
     try:
-        value = _decode(raw)
-    except msgspec.DecodeError as exc:
-        raise InvalidRequest(f"The request body is not valid JSON: {exc}.") from None
-    except UnicodeDecodeError:  # msgspec checks UTF-8 inside strings only as it decodes
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
         raise InvalidRequest("The request body is not valid UTF-8.") from None
+    try:
+        value = _decode(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(
+            f"The request body is not valid JSON: {exc.msg} (at character {exc.pos})."
+        ) from None
+    except _Duplicate as exc:
+        key = _LONE_SURROGATE.sub("\ufffd", exc.key[:100])  # the error is encoded to JSON
+        raise InvalidRequest(
+            f"The key '{key}' appears more than once in one object; send each field once.",
+            param=key,
+        ) from None
+    except ValueError:  # out of range: inf, NaN, or more digits than Python converts
+        raise InvalidRequest("A number in the request body is out of range.") from None
     except RecursionError:
         raise InvalidRequest("The request body is nested too deeply.") from None
     if not isinstance(value, dict):
         raise InvalidRequest("The request body must be a JSON object.")
+    if _SURROGATE_ESCAPE.search(raw):
+        cleaned: dict[str, Any] = _replace_lone_surrogates(value)
+        return cleaned
     return value
+
+
+@cache
+def _big_bodies() -> anyio.CapacityLimiter:
+    return anyio.CapacityLimiter(1)
+
+
+async def decode_object(raw: bytes, read: Callable[[dict[str, Any]], T]) -> T:
+    """``read(parse_json_object(raw))``, in a worker thread when ``raw`` is big."""
+    if len(raw) <= OFF_LOOP_BYTES:
+        return read(parse_json_object(raw))
+    return await anyio.to_thread.run_sync(
+        lambda: read(parse_json_object(raw)), limiter=_big_bodies()
+    )

@@ -10,7 +10,6 @@ backend is why nothing is known).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Mapping
 from typing import Any, Final, Protocol
@@ -159,9 +158,7 @@ class Discovery:
         if shared is not None:
             self._adopt(shared)
 
-    async def run(self) -> None:
-        """Poll until cancelled; retry sooner while the backend does not answer."""
-        await self._load_shared()
-        while True:
-            answered = await self.refresh()
-            await asyncio.sleep(self.refresh_s if answered else min(self.refresh_s, 2.0))
+    async def step(self) -> float:
+        """Poll once (a supervised step); sooner again while the backend does not answer."""
+        answered = await self.refresh()
+        return self.refresh_s if answered else min(self.refresh_s, 2.0)

@@ -10,8 +10,8 @@ in the package writes an error body, so every surface stays consistent (SPEC §6
     ``ModelNotAllowed``, ``EndpointBlocked``, ``ScopeMissing``), ``RouteNotFound``
     (404), ``MethodNotAllowed`` (405), ``RequestTooLarge`` (413), ``LimitExceeded``
     (429), ``BudgetExhausted`` (429), ``UpstreamRejected`` (the backend's 4xx),
-    ``UpstreamUnavailable`` (502), ``GatewayUnavailable`` (503), ``UpstreamTimeout``
-    (504).
+    ``UpstreamUnavailable`` (502), ``GatewayUnavailable`` (503), ``VerificationBusy``
+    (503), ``UpstreamTimeout`` (504).
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ __all__ = [
     "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
+    "VerificationBusy",
     "render",
 ]
 
@@ -213,12 +214,18 @@ class BudgetExhausted(GatewayError):
 
 
 class UpstreamUnavailable(GatewayError):
+    """The backend could not be reached, or failed. ``detail`` is the backend's own
+    message, already made safe to show (no addresses, no paths), when it gave one."""
+
     status = 502
     type = "api_error"
     code = "upstream_unavailable"
 
-    def __init__(self, *, retry_after_ms: int | None = None) -> None:
-        super().__init__("The model backend is unavailable.", retry_after_ms=retry_after_ms)
+    def __init__(self, *, retry_after_ms: int | None = None, detail: str | None = None) -> None:
+        message = "The model backend is unavailable."
+        if detail:
+            message = f"The model backend failed: {detail}"
+        super().__init__(message, retry_after_ms=retry_after_ms)
 
 
 class GatewayUnavailable(GatewayError):
@@ -232,6 +239,19 @@ class GatewayUnavailable(GatewayError):
         super().__init__("The gateway is temporarily unavailable.", retry_after_ms=1000)
         # Named in logs and /readyz, never in the client's body.
         self.dependency = dependency
+
+
+class VerificationBusy(GatewayError):
+    """The key was not verified: the argon2 capacity for its prefix, its client address
+    or this process is spent for now (SPEC §3, §6.2). Never a 401, since nothing was
+    found wrong with the key; ``Retry-After`` says when a slot frees."""
+
+    status = 503
+    type = "api_error"
+    code = "verification_busy"
+
+    def __init__(self, *, retry_after_ms: int) -> None:
+        super().__init__("Key verification is busy; retry later.", retry_after_ms=retry_after_ms)
 
 
 class UpstreamTimeout(GatewayError):

@@ -20,12 +20,14 @@ from typing import Final
 
 from nz_core.credentials import KeyPolicy
 from nz_proxy.errors import GatewayError, GatewayUnavailable, Surface
-from nz_proxy.types import Scope
+from nz_proxy.types import AsgiScope
 
 __all__ = [
+    "MAX_CLIENT_TEXT",
     "SCOPE_KEY",
     "Exchange",
     "Network",
+    "clean_text",
     "client_address",
     "exchange_of",
     "redact_path",
@@ -39,13 +41,30 @@ _REQUEST_ID: Final = re.compile(r"[A-Za-z0-9._-]{1,64}")
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-_KEY_TAIL: Final = re.compile(r"(nz_[0-9A-Za-z]{9})[0-9A-Za-z]+")
+_KEY_TAIL: Final = re.compile(r"(nz_[0-9A-Za-z]{9})[0-9A-Za-z]+", re.IGNORECASE)
+# C0 and C1 controls (NUL included: PostgreSQL refuses it in text), DEL, lone surrogates.
+_UNPRINTABLE: Final = re.compile("[\x00-\x1f\x7f-\x9f\ud800-\udfff]")
+# What the audit row and the log keep of a string the client chose (a model name).
+MAX_CLIENT_TEXT: Final = 200
+
+
+def clean_text(text: str, limit: int = MAX_CLIENT_TEXT) -> str:
+    """A client's string as it may enter an audit row, a log line or a metrics label:
+    anything shaped like an API key cut to its prefix, control characters and lone
+    surrogates replaced by U+FFFD, at most ``limit`` characters. Applied where the
+    string enters the exchange, so nothing downstream can stall on it (SPEC §3)."""
+    text = text[: limit * 2]  # enough to find a key that starts inside the limit
+    text = _KEY_TAIL.sub("\\1…", text)
+    if not text.isascii() or not text.isprintable():
+        text = _UNPRINTABLE.sub("\ufffd", text)
+    return text[:limit]
 
 
 def redact_path(path: str) -> str:
     """A path no route matched, as it may be logged and audited: anything shaped like
-    an API key is cut to its prefix (a key pasted into a URL must not reach the logs)."""
-    return _KEY_TAIL.sub(r"\1…", path)
+    an API key is cut to its prefix (a key pasted into a URL must not reach the logs),
+    and what the database or a log could choke on is replaced (:func:`clean_text`)."""
+    return clean_text(path)
 
 
 def request_id_from(value: bytes | None) -> str:
@@ -89,9 +108,11 @@ def client_address(
         if not hop:
             continue
         try:
-            ipaddress.ip_address(hop)
+            address = ipaddress.ip_address(hop)
         except ValueError:
             return peer  # a garbled header is not evidence of anything
+        if isinstance(address, ipaddress.IPv6Address) and address.scope_id is not None:
+            return peer  # a zone (`fe80::1%…`) takes any text: not an address a client has
         if not _within(hop, trusted):
             return hop
     return peer
@@ -139,7 +160,7 @@ class Exchange:
     row_owed: bool = False
 
     @classmethod
-    def begin(cls, scope: Scope, trusted: Sequence[Network]) -> Exchange:
+    def begin(cls, scope: AsgiScope, trusted: Sequence[Network]) -> Exchange:
         headers = dict(scope["headers"])
         client = scope.get("client")
         path: str = scope["path"]
@@ -165,12 +186,16 @@ class Exchange:
         if isinstance(error, GatewayUnavailable):
             self.cause = error.dependency
 
+    def note_model(self, requested: str) -> None:
+        """The model the client asked for, as the audit and the log may keep it."""
+        self.model = clean_text(requested)
+
     def first_byte(self) -> None:
         """Mark the time to first token (the first body byte of a stream)."""
         if self.ttft_ms is None:
             self.ttft_ms = self.elapsed_ms()
 
 
-def exchange_of(scope: Scope) -> Exchange:
+def exchange_of(scope: AsgiScope) -> Exchange:
     exchange: Exchange = scope[SCOPE_KEY]
     return exchange

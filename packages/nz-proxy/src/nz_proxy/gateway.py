@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
-from typing import Any
 
 import structlog
 from redis.asyncio import Redis
@@ -16,17 +15,16 @@ from nz_core.credentials import KeyPolicy
 from nz_core.errors import MalformedKey
 from nz_core.keys import parse_key
 from nz_proxy.admission import Admission
+from nz_proxy.admission.stores import StateStore
 from nz_proxy.audit import AuditWriter
 from nz_proxy.auth import Authenticator, presented_key
 from nz_proxy.discovery import Discovery
 from nz_proxy.exchange import Exchange
 from nz_proxy.settings import Settings
-from nz_proxy.state import StateStore
+from nz_proxy.supervisor import Job, Supervisor
 from nz_proxy.upstream import Upstream
 
 log = structlog.get_logger("nz_proxy.gateway")
-
-Job = Callable[[], Coroutine[Any, Any, None]]
 
 __all__ = ["Gateway"]
 
@@ -42,9 +40,9 @@ class Gateway:
     admission: Admission
     store: StateStore
     audit: AuditWriter
+    supervisor: Supervisor
     # Background work the composition root chose for this storage mode.
     jobs: list[Job] = field(default_factory=list)
-    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _in_flight: int = 0
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -54,8 +52,12 @@ class Gateway:
         await self.upstream.start()
         # The first discovery runs before serving: a fresh process knows the models.
         await self.discovery.refresh()
-        for job in [self.discovery.run, self.audit.run, *self.jobs]:
-            self._tasks.append(asyncio.create_task(job()))
+        for job in (
+            Job("discovery", self.discovery.step, first_after=self.discovery.refresh_s),
+            Job("audit", self.audit.step, wake=self.audit.wake),
+            *self.jobs,
+        ):
+            self.supervisor.start(job)
 
     @contextmanager
     def in_flight(self) -> Iterator[None]:
@@ -76,10 +78,8 @@ class Gateway:
             log.info("draining", in_flight=self._in_flight)
             with suppress(TimeoutError):
                 await asyncio.wait_for(self._idle.wait(), grace_s)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks.clear()
+        await self.supervisor.stop()
+        await self.auth.close()
         await self.admission.close()
         await self.audit.drain(timeout_s=10.0)
         await self.upstream.close()
@@ -88,13 +88,20 @@ class Gateway:
             await self.redis.aclose()
         await self.engine.dispose()
 
-    async def authenticate(self, exchange: Exchange, headers: Mapping[bytes, bytes]) -> KeyPolicy:
-        """Authenticate the request and note who made it on the exchange."""
+    async def authenticate(
+        self, exchange: Exchange, headers: Iterable[tuple[bytes, bytes]]
+    ) -> KeyPolicy:
+        """Authenticate the request and note who made it on the exchange.
+
+        ``headers`` is the raw ASGI header list (``scope["headers"]``): a repeated
+        ``Authorization`` must be seen to be refused (SPEC §3).
+        """
         key = presented_key(headers)
         if key is not None:
             # A key that does not parse is audited without a prefix (SPEC §4.8).
             with suppress(MalformedKey):
                 exchange.key_prefix = parse_key(key).prefix
+                structlog.contextvars.bind_contextvars(key_prefix=exchange.key_prefix)
         policy = await self.auth.authenticate(key, exchange.client_ip)
         exchange.policy = policy
         return policy

@@ -1,5 +1,7 @@
 """Liveness and readiness (SPEC §5): ``/healthz`` says the process runs; ``/readyz``
-says whether it can serve, naming each dependency that failed."""
+says whether it can serve, naming each dependency that failed, and whether the audit
+backlog drains (SPEC §3: a writer stuck on anything is not ready) and whether the
+background jobs run."""
 
 from __future__ import annotations
 
@@ -46,14 +48,31 @@ async def _backend(gateway: Gateway) -> None:
 
 
 async def readiness(gateway: Gateway) -> tuple[bool, dict[str, str]]:
-    """(ready, {dependency: "ok" | "unreachable" | "not used"})."""
+    """(ready, {dependency: "ok" | "unreachable" | "in-process", "audit": "ok" |
+    "stalled", "background": "ok" | "failing"})."""
     database, state, backend = await asyncio.gather(
         _bounded(_database(gateway)),
         _bounded(_redis(gateway)) if gateway.redis is not None else _not_used(),
         _bounded(_backend(gateway)),
     )
-    checks = {"database": database, "state_store": state, "backend": backend}
-    return all(value != "unreachable" for value in checks.values()), checks
+    # The audit is stalled when rows have waited AuditWriter.stall_after_s (10 s, two
+    # full backoff periods) without one successful write although the database answers
+    # here: the writer is stuck (a lock, an error it cannot get past, a dead loop), and
+    # once its buffer fills every request gets 503. With the database away, the
+    # "database" check already says why nothing drains.
+    audit = "stalled" if database == "ok" and gateway.audit.stalled() else "ok"
+    # A background job that crashes at every step (a bug, not a dependency down) leaves
+    # the process without, say, revocation or audit writing: not ready.
+    background = "failing" if gateway.supervisor.dying else "ok"
+    checks = {
+        "database": database,
+        "state_store": state,
+        "backend": backend,
+        "audit": audit,
+        "background": background,
+    }
+    ready = all(value not in ("unreachable", "stalled", "failing") for value in checks.values())
+    return ready, checks
 
 
 async def _not_used() -> str:

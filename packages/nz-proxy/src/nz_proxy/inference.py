@@ -6,7 +6,7 @@ streamed or whole;  5. settle, exactly once, whatever happened in between (clien
 disconnect, backend failure, cancellation).
 
 :data:`ENDPOINTS` describes every inference endpoint of SPEC §5: which scope it needs,
-where it goes upstream and how its answer is shaped (:mod:`nz_proxy.answers`).
+where it goes upstream and how its answer is shaped (:mod:`nz_proxy.translation.answers`).
 """
 
 from __future__ import annotations
@@ -21,19 +21,12 @@ import msgspec
 import structlog
 
 from nz_core.budgets import estimate_prompt_tokens
-from nz_core.models import may_use, normalize_model
+from nz_core.models import may_use, model_key
 from nz_core.scopes import Scope
-from nz_proxy.admission import Demand, Ticket
-from nz_proxy.answers import (
-    Answer,
-    ChatAnswer,
-    CompletionAnswer,
-    EmbeddingsAnswer,
-    NativeAnswer,
-    StreamingAnswer,
-)
+from nz_proxy.admission import Ask, Ticket
+from nz_proxy.admission.stores import Settled
 from nz_proxy.audit import PromptRecord, encode_row, row_of
-from nz_proxy.body import ClientGone, parse_json_object, read_body
+from nz_proxy.body import ClientGone, decode_object, read_body
 from nz_proxy.disconnect import DisconnectWatch
 from nz_proxy.errors import (
     GatewayError,
@@ -46,30 +39,41 @@ from nz_proxy.errors import (
     UpstreamUnavailable,
 )
 from nz_proxy.exchange import Exchange, exchange_of
-from nz_proxy.framing import LineTooLong, NdjsonSplitter
 from nz_proxy.gateway import Gateway
-from nz_proxy.openapi import (
-    OllamaChatRequest,
-    OllamaEmbeddingsRequest,
-    OllamaEmbedRequest,
-    OllamaGenerateRequest,
-    conform,
-)
 from nz_proxy.promptlog import Transcript
-from nz_proxy.responses import answer_unread_body, send_bytes, send_error, start
-from nz_proxy.state import Settled
-from nz_proxy.translate import (
+from nz_proxy.translation.answers import (
+    Answer,
+    ChatAnswer,
+    CompletionAnswer,
+    EmbeddingsAnswer,
+    NativeAnswer,
+    StreamingAnswer,
+)
+from nz_proxy.translation.framing import LineTooLong, NdjsonSplitter
+from nz_proxy.translation.native import (
     apply_completion_cap,
+    check_keep_alive,
+    prompt_text_bytes,
+    requested_completion_cap,
+)
+from nz_proxy.translation.requests import (
     chat_request,
     completion_request,
     embeddings_request,
     include_usage,
-    prompt_text_bytes,
-    requested_completion_cap,
 )
-from nz_proxy.types import Receive, Send
-from nz_proxy.types import Scope as AsgiScope
-from nz_proxy.upstream import Reply, StreamBroken
+from nz_proxy.translation.responses import answer_unread_body, send_bytes, send_error, start
+from nz_proxy.types import AsgiScope, Receive, Send
+from nz_proxy.upstream import Reply, StreamBroken, client_safe, error_message
+from nz_proxy.wire import conform, read
+from nz_proxy.wire.gokeys import canonical, shape_of
+from nz_proxy.wire.ollama import (
+    OllamaChatRequest,
+    OllamaEmbeddingsRequest,
+    OllamaEmbedRequest,
+    OllamaGenerateRequest,
+)
+from nz_proxy.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingsRequest
 
 __all__ = ["ENDPOINTS", "Inference", "Prepared", "serve_inference", "upstream_error"]
 
@@ -80,8 +84,6 @@ _decode: Final = msgspec.json.Decoder().decode
 
 # A native frame longer than this is not a frame (a final `context` array is ~100 KB).
 MAX_FRAME_BYTES: Final = 64 << 20
-# What the audit row and the log keep of a model name the client sent.
-MAX_MODEL_CHARS: Final = 200
 
 
 @dataclass(slots=True)
@@ -114,12 +116,14 @@ class Inference:
 
 
 def _openai_chat(body: dict[str, Any]) -> Prepared:
+    body = canonical(body, shape_of(ChatCompletionRequest))
     native = chat_request(body)
     answer = ChatAnswer(native["model"], include_usage(body))
     return Prepared(native, native["model"], native["stream"], answer, _if(native, answer))
 
 
 def _openai_completion(body: dict[str, Any]) -> Prepared:
+    body = canonical(body, shape_of(CompletionRequest))
     native = completion_request(body)
     answer = CompletionAnswer(native["model"], include_usage(body))
     return Prepared(native, native["model"], native["stream"], answer, _if(native, answer))
@@ -130,7 +134,7 @@ def _if(native: dict[str, Any], answer: StreamingAnswer) -> StreamingAnswer | No
 
 
 def _openai_embeddings(body: dict[str, Any]) -> Prepared:
-    native, encoding = embeddings_request(body)
+    native, encoding = embeddings_request(canonical(body, shape_of(EmbeddingsRequest)))
     model = native["model"]
     return Prepared(native, model, False, EmbeddingsAnswer(model, encoding))
 
@@ -143,29 +147,27 @@ def _native_model(body: dict[str, Any]) -> str:
 
 
 def _native_generation(schema: type[msgspec.Struct], body: dict[str, Any]) -> Prepared:
+    body = canonical(body, shape_of(schema))
     model = _native_model(body)
     stream = body.get("stream")
     if stream is None:
         stream = True  # Ollama streams unless told not to
     if not isinstance(stream, bool):
         raise InvalidRequest("stream must be true or false", param="stream")
-    # The body is forwarded as sent, so it must be what the document says Ollama takes.
     conform(body, schema)
     answer = NativeAnswer()
     return Prepared(body, model, stream, answer, answer if stream else None)
 
 
 def _native_embed(body: dict[str, Any]) -> Prepared:
-    model = _native_model(body)
-    conform(body, OllamaEmbedRequest)
-    return Prepared(body, model, False, NativeAnswer())
+    body = read(body, OllamaEmbedRequest)
+    return Prepared(body, _native_model(body), False, NativeAnswer())
 
 
 def _native_legacy_embeddings(body: dict[str, Any]) -> Prepared:
-    model = _native_model(body)
-    conform(body, OllamaEmbeddingsRequest)
+    body = read(body, OllamaEmbeddingsRequest)
     # The legacy answer has no prompt_eval_count: the prompt is charged at its estimate.
-    return Prepared(body, model, False, NativeAnswer(counts_prompt=False))
+    return Prepared(body, _native_model(body), False, NativeAnswer(counts_prompt=False))
 
 
 ENDPOINTS: Final = {
@@ -216,27 +218,31 @@ async def serve_inference(
     try:
         if scope["method"] != "POST":
             raise MethodNotAllowed(("POST",))
-        policy = await gateway.authenticate(exchange, headers)
+        policy = await gateway.authenticate(exchange, scope["headers"])
         if endpoint.scope not in policy.scopes:
             raise ScopeMissing(endpoint.scope.value)
         raw = await read_body(receive, headers, gateway.settings.max_request_bytes)
-        prepared = endpoint.prepare(parse_json_object(raw))
-        model = normalize_model(prepared.model)
-        exchange.model = model[:MAX_MODEL_CHARS]
+        prepared = await decode_object(raw, endpoint.prepare)
+        check_keep_alive(prepared.native)
+        model = model_key(prepared.model)
+        exchange.note_model(model or prepared.model)
         exchange.stream = prepared.stream
         if not may_use(policy.models, gateway.discovery.require().names, model):
             raise ModelNotAllowed
         exchange.model_allowed = True
-        estimate = estimate_prompt_tokens(*prompt_text_bytes(prepared.native))
-        demand = Demand(
-            request_key=exchange.id.hex,
+        estimate = estimate_prompt_tokens(
+            *prompt_text_bytes(prepared.native),
+            image_tokens=gateway.settings.budget_image_tokens,
+        )
+        ask = Ask(
+            rid=exchange.id.hex,
             inference=True,
             prompt_estimate=estimate,
             requested_cap=requested_completion_cap(prepared.native) if endpoint.generates else None,
             generates=endpoint.generates,
-            journal=_admission_row(gateway, exchange, estimate),
         )
-        ticket = await gateway.admission.admit(policy, demand)
+        journal = _admission_row(gateway, exchange, estimate)
+        ticket = await gateway.admission.admit(policy, ask, journal)
     except GatewayError as error:
         exchange.failed(error)
         await send_error(send, error, endpoint.surface)
@@ -333,7 +339,7 @@ async def _forward(
         streamer = prepared.streamer
         if reply is not None and not (answered and (streamer is None or streamer.finished)):
             reply.abort()  # the backend stops generating for a client that left
-        tokens_in, tokens_out = answer.usage(ticket.demand.prompt_estimate) if answered else (0, 0)
+        tokens_in, tokens_out = answer.usage(ticket.ask.prompt_estimate) if answered else (0, 0)
         exchange.tokens_in, exchange.tokens_out = tokens_in, tokens_out
         # Settlement must not be lost to a cancellation arriving meanwhile.
         await asyncio.shield(_settle(gateway, ticket, exchange))
@@ -351,8 +357,8 @@ async def _settle(gateway: Gateway, ticket: Ticket, exchange: Exchange) -> None:
     elif outcome is Settled.ABANDONED:
         # Its lease ran out and another process settled it at its reservation; the
         # audit row must say the same, or the ledger and the counters would disagree.
-        exchange.tokens_in = ticket.demand.prompt_estimate
-        exchange.tokens_out = max(0, ticket.reserved - ticket.demand.prompt_estimate)
+        exchange.tokens_in = ticket.ask.prompt_estimate
+        exchange.tokens_out = max(0, ticket.reserved - ticket.ask.prompt_estimate)
 
 
 async def _stream(
@@ -365,26 +371,9 @@ async def _stream(
     transcript: Transcript | None,
 ) -> None:
     await start(send, answer.stream_media, ticket.headers)
-    splitter = NdjsonSplitter(max_line=MAX_FRAME_BYTES)
     failure: str | None = None
     try:
-        async for chunk in reply.chunks():
-            lines = splitter.feed(chunk)
-            if transcript is not None:
-                for line in lines:
-                    transcript.feed(line)
-            out = b"".join(answer.line(line) for line in lines)
-            if out:
-                exchange.first_byte()
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-            if answer.finished:
-                break
-        else:
-            tail = splitter.flush()
-            if tail:
-                out = answer.line(tail)
-                if out:
-                    await send({"type": "http.response.body", "body": out, "more_body": True})
+        await _pass_frames(reply, answer, exchange, send, transcript)
         if not answer.finished:
             failure = "The model backend ended the stream early."
     except StreamBroken:
@@ -392,12 +381,42 @@ async def _stream(
     except LineTooLong:  # a backend sending a frame without end must not grow us
         failure = "The model backend sent a frame too large to pass on."
     if failure is not None:
-        exchange.error = UpstreamUnavailable.code
+        reply.abort()  # the connection is broken or holds a frame we will not read
         await send({"type": "http.response.body", "body": answer.error(failure), "more_body": True})
     else:
         reply.release()
+    if failure is not None or answer.failed:
+        # The status line said 200; the audit row and the log say how it ended.
+        exchange.error = UpstreamUnavailable.code
+        exchange.status = UpstreamUnavailable.status
     watch.disarm()
     await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _pass_frames(
+    reply: Reply,
+    answer: StreamingAnswer,
+    exchange: Exchange,
+    send: Send,
+    transcript: Transcript | None,
+) -> None:
+    """Each backend frame to the client as it arrives, until the answer is finished."""
+    splitter = NdjsonSplitter(max_line=MAX_FRAME_BYTES)
+    async for chunk in reply.chunks():
+        lines = splitter.feed(chunk)
+        if transcript is not None:
+            for line in lines:
+                transcript.feed(line)
+        out = b"".join(answer.line(line) for line in lines)
+        if out:
+            exchange.first_byte()
+            await send({"type": "http.response.body", "body": out, "more_body": True})
+        if answer.finished:
+            return
+    tail = splitter.flush()
+    out = answer.line(tail) if tail else b""
+    if out:
+        await send({"type": "http.response.body", "body": out, "more_body": True})
 
 
 async def upstream_error(reply: Reply) -> GatewayError:
@@ -407,17 +426,17 @@ async def upstream_error(reply: Reply) -> GatewayError:
         body = await reply.read()
     except StreamBroken:
         return UpstreamUnavailable()
+    message = error_message(body)
     if status >= 500:
-        log.warning("upstream_error", status=status, body=body[:200].decode("utf-8", "replace"))
-        return UpstreamUnavailable()
+        log.warning("upstream_error", status=status, body=body[:300].decode("utf-8", "replace"))
+        # Ollama's own message helps the client (the model does not fit in memory, a
+        # load failed); it is passed on made safe. A queue that is full frees soon.
+        return UpstreamUnavailable(
+            detail=client_safe(message) if message else None,
+            retry_after_ms=1000 if status == 503 else None,
+        )
     if status == 404:
         # The model vanished since discovery: the same answer as any unknown model.
         return ModelNotAllowed()
-    message = f"The model backend refused the request (status {status})."
-    try:
-        decoded = _decode(body)
-        if isinstance(decoded, dict) and isinstance(decoded.get("error"), str):
-            message = decoded["error"][:500]
-    except msgspec.DecodeError:
-        pass
-    return UpstreamRejected(status, message)
+    text = client_safe(message) if message else f"The model backend refused the request ({status})."
+    return UpstreamRejected(status, text)

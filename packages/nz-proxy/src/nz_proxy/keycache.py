@@ -9,6 +9,7 @@ revocation and policy change (SPEC §4.5).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections import OrderedDict
 from typing import Final, Protocol
@@ -131,16 +132,19 @@ def redis_key(prefix: str) -> str:
 
 
 class RedisSharedCache:
-    """The shared level in production. A Redis failure is a 503, never a bypass."""
+    """The shared level in production. A Redis failure is a 503, never a bypass; so is
+    no answer within ``deadline_s``."""
 
-    def __init__(self, redis: Redis, ttl_s: float) -> None:
+    def __init__(self, redis: Redis, ttl_s: float, deadline_s: float | None = None) -> None:
         self.redis = redis
         self.ttl_ms = int(ttl_s * 1000)
+        self.deadline_s = deadline_s
 
     async def get(self, prefix: str) -> CachedKey | None:
         try:
-            raw = await self.redis.get(redis_key(prefix))
-        except RedisError as exc:
+            async with asyncio.timeout(self.deadline_s):
+                raw = await self.redis.get(redis_key(prefix))
+        except (RedisError, TimeoutError) as exc:
             raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
         if raw is None:
             return None
@@ -152,8 +156,9 @@ class RedisSharedCache:
 
     async def put(self, prefix: str, entry: CachedKey) -> None:
         try:
-            await self.redis.set(redis_key(prefix), _encode(entry), px=self.ttl_ms)
-        except RedisError as exc:
+            async with asyncio.timeout(self.deadline_s):
+                await self.redis.set(redis_key(prefix), _encode(entry), px=self.ttl_ms)
+        except (RedisError, TimeoutError) as exc:
             raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
 
     async def evict(self, prefix: str) -> None:

@@ -16,8 +16,8 @@ from typing import Any, Final
 import msgspec
 
 from nz_core.credentials import KeyPolicy
-from nz_core.models import may_use, normalize_model
-from nz_proxy.admission import Demand
+from nz_core.models import may_use, model_key
+from nz_proxy.admission import Ask
 from nz_proxy.body import ClientGone, parse_json_object, read_body
 from nz_proxy.errors import (
     GatewayError,
@@ -30,11 +30,13 @@ from nz_proxy.errors import (
 from nz_proxy.exchange import Exchange, exchange_of
 from nz_proxy.gateway import Gateway
 from nz_proxy.inference import upstream_error
-from nz_proxy.openapi import OllamaShowRequest, conform
-from nz_proxy.responses import MEDIA_JSON, answer_unread_body, send_bytes, send_error
-from nz_proxy.translate import model_object, models_list
-from nz_proxy.types import Receive, Scope, Send
+from nz_proxy.translation.replies import model_object, models_list
+from nz_proxy.translation.responses import MEDIA_JSON, answer_unread_body, send_bytes, send_error
+from nz_proxy.types import AsgiScope, Receive, Send
 from nz_proxy.upstream import StreamBroken
+from nz_proxy.wire import conform
+from nz_proxy.wire.gokeys import canonical, shape_of
+from nz_proxy.wire.ollama import OllamaShowRequest
 
 __all__ = ["serve_listing"]
 
@@ -53,7 +55,7 @@ def _unix(stamp: object) -> int:
         return 0
 
 
-Handler = Callable[[Gateway, KeyPolicy, Scope, Receive], Awaitable[bytes]]
+Handler = Callable[[Gateway, KeyPolicy, AsgiScope, Receive], Awaitable[bytes]]
 
 
 async def serve_listing(
@@ -61,7 +63,7 @@ async def serve_listing(
     path: str,
     methods: Iterable[str],
     handler: Handler,
-    scope: Scope,
+    scope: AsgiScope,
     receive: Receive,
     send: Send,
 ) -> None:
@@ -72,9 +74,8 @@ async def serve_listing(
     try:
         if scope["method"] not in methods:
             raise MethodNotAllowed(tuple(methods))
-        policy = await gateway.authenticate(exchange, dict(scope["headers"]))
-        demand = Demand(request_key=exchange.id.hex, inference=False)
-        ticket = await gateway.admission.admit(policy, demand)
+        policy = await gateway.authenticate(exchange, scope["headers"])
+        ticket = await gateway.admission.admit(policy, Ask(rid=exchange.id.hex, inference=False))
     except GatewayError as error:
         await _refuse(send, exchange, error, surface)
         return
@@ -121,13 +122,13 @@ def _allowed_entries(gateway: Gateway, policy: KeyPolicy, entries: object) -> li
         if not isinstance(entry, dict):
             continue
         name = entry.get("model") or entry.get("name")
-        if isinstance(name, str) and may_use(policy.models, discovered, normalize_model(name)):
+        if isinstance(name, str) and may_use(policy.models, discovered, model_key(name)):
             kept.append(entry)
     return kept
 
 
 async def openai_models(
-    gateway: Gateway, policy: KeyPolicy, scope: Scope, receive: Receive
+    gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive
 ) -> bytes:
     entries = list(gateway.discovery.require().entries.values())
     objects = [
@@ -138,51 +139,52 @@ async def openai_models(
 
 
 async def openai_model(
-    gateway: Gateway, policy: KeyPolicy, scope: Scope, receive: Receive
+    gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive
 ) -> bytes:
     # The rest of the path, already percent-decoded by the server (`%2F` → `/`).
     requested = exchange_of(scope).path[len("/v1/models/") :]
-    name = normalize_model(requested)
+    name = model_key(requested)
     exchange = exchange_of(scope)
-    exchange.model = name[:200]
+    exchange.note_model(name or requested)
     catalogue = gateway.discovery.require()
-    if not may_use(policy.models, catalogue.names, name):
+    if name is None or not may_use(policy.models, catalogue.names, name):
         raise ModelNotAllowed
     exchange.model_allowed = True
     entry = catalogue.entries[name]
     return _encode(model_object(requested, _unix(entry.get("modified_at"))))
 
 
-async def tags(gateway: Gateway, policy: KeyPolicy, scope: Scope, receive: Receive) -> bytes:
+async def tags(gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive) -> bytes:
     answer = await _backend_json(gateway, "GET", "/api/tags")
     models = answer.get("models") if isinstance(answer, dict) else None
     return _encode({"models": _allowed_entries(gateway, policy, models)})
 
 
-async def running(gateway: Gateway, policy: KeyPolicy, scope: Scope, receive: Receive) -> bytes:
+async def running(gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive) -> bytes:
     answer = await _backend_json(gateway, "GET", "/api/ps")
     models = answer.get("models") if isinstance(answer, dict) else None
     return _encode({"models": _allowed_entries(gateway, policy, models)})
 
 
-async def show(gateway: Gateway, policy: KeyPolicy, scope: Scope, receive: Receive) -> bytes:
+async def show(gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive) -> bytes:
     headers = dict(scope["headers"])
     body = parse_json_object(await read_body(receive, headers, gateway.settings.max_request_bytes))
+    body = canonical(body, shape_of(OllamaShowRequest))
     conform(body, OllamaShowRequest)
     # Ollama's own rule: `name` when `model` is empty.
     requested = body.get("model") or body.get("name")
     if not isinstance(requested, str) or not requested.strip():
         raise InvalidRequest("model is required", param="model")
-    name = normalize_model(requested)
+    name = model_key(requested)
     exchange = exchange_of(scope)
-    exchange.model = name[:200]
+    exchange.note_model(name or requested)
     if not may_use(policy.models, gateway.discovery.require().names, name):
         raise ModelNotAllowed
     exchange.model_allowed = True
     return _encode(await _backend_json(gateway, "POST", "/api/show", _encode(body)))
 
 
-async def version(gateway: Gateway, policy: KeyPolicy, scope: Scope, receive: Receive) -> bytes:
+async def version(gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive) -> bytes:
     return _encode(await _backend_json(gateway, "GET", "/api/version"))
 
 

@@ -8,22 +8,19 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import msgspec
 import structlog
-from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nz_core.changes import prune_changes
-from nz_core.errors import DatabaseError
 from nz_core.ledger import delete_expired_prompts
+from nz_proxy.admission.stores import StateStore
 from nz_proxy.audit import AuditWriter, decode_row
-from nz_proxy.state import StateStore
 
-__all__ = ["reap_once", "reaper", "sweep_once", "sweeper"]
+__all__ = ["reap_once", "reap_step", "sweep_once", "sweep_step"]
 
 log = structlog.get_logger("nz_proxy.maintenance")
 
@@ -54,14 +51,10 @@ async def reap_once(store: StateStore, audit: AuditWriter, grace_ms: int) -> int
     return len(entries)
 
 
-async def reaper(store: StateStore, audit: AuditWriter, lease_s: float) -> None:
-    """Reap every half lease."""
-    while True:
-        await asyncio.sleep(lease_s / 2)
-        try:
-            await reap_once(store, audit, SETTLED_GRACE_MS)
-        except RedisError:
-            log.warning("reap_failed")
+async def reap_step(store: StateStore, audit: AuditWriter, lease_s: float) -> float:
+    """Reap (a supervised step), every half lease."""
+    await reap_once(store, audit, SETTLED_GRACE_MS)
+    return lease_s / 2
 
 
 async def sweep_once(engine: AsyncEngine) -> tuple[int, int]:
@@ -72,12 +65,9 @@ async def sweep_once(engine: AsyncEngine) -> tuple[int, int]:
     return prompts, changes
 
 
-async def sweeper(engine: AsyncEngine) -> None:
-    while True:
-        try:
-            prompts, _ = await sweep_once(engine)
-            if prompts:
-                log.info("prompt_log_swept", rows=prompts)
-        except DatabaseError:
-            log.warning("sweep_failed")
-        await asyncio.sleep(SWEEP_INTERVAL_S)
+async def sweep_step(engine: AsyncEngine) -> float:
+    """Sweep (a supervised step), every minute."""
+    prompts, _ = await sweep_once(engine)
+    if prompts:
+        log.info("prompt_log_swept", rows=prompts)
+    return SWEEP_INTERVAL_S

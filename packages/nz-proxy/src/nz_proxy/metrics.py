@@ -24,7 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from nz_proxy.exchange import Exchange
 
-__all__ = ["CONTENT_TYPE", "Metrics", "render"]
+__all__ = ["CONTENT_TYPE", "Metrics", "background_failed", "render"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST.encode()
 MULTIPROCESS: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -60,6 +60,15 @@ AUDIT_WAITING = Gauge(
     "Audit rows not yet written to the database.",
     multiprocess_mode="livesum",
 )
+BACKGROUND_FAILURES = Counter(
+    "gateway_background_failures",
+    "Failed steps of background jobs, by job and kind (dependency down, or a crash).",
+    ["job", "kind"],
+)
+AUDIT_LOST = Counter(
+    "gateway_audit_rows_lost",
+    "Audit rows the database refused even sanitised, and so dropped (each one logged).",
+)
 VERIFICATIONS = Counter(
     "gateway_key_verifications", "argon2 verifications (cache misses that reached argon2)."
 )
@@ -79,11 +88,14 @@ class Metrics:
         breaker_state: Callable[[], int],
         audit_waiting: Callable[[], int],
         verifications: Callable[[], int],
+        audit_lost: Callable[[], int] = lambda: 0,
     ) -> None:
         self._breaker_state = breaker_state
         self._audit_waiting = audit_waiting
         self._verifications = verifications
         self._verified = 0
+        self._audit_lost = audit_lost
+        self._lost = 0
 
     def observe(self, exchange: Exchange) -> None:
         if not exchange.audited:
@@ -107,6 +119,15 @@ class Metrics:
         if verified > self._verified:
             VERIFICATIONS.inc(verified - self._verified)
             self._verified = verified
+        lost = self._audit_lost()
+        if lost > self._lost:
+            AUDIT_LOST.inc(lost - self._lost)
+            self._lost = lost
+
+
+def background_failed(job: str, kind: str) -> None:
+    """The supervisor's report of a failed step (:mod:`nz_proxy.supervisor`)."""
+    BACKGROUND_FAILURES.labels(job, kind).inc()
 
 
 def render() -> bytes:

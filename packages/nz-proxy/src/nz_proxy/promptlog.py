@@ -4,14 +4,27 @@ Nothing here runs for a key that did not opt in."""
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 import msgspec
 
-__all__ = ["Transcript"]
+__all__ = ["Transcript", "storable"]
 
 # A prompt log is for review, not archiving: very long answers are cut.
 MAX_TEXT_CHARS: Final = 1_000_000
+
+# What no database text column takes: NUL (PostgreSQL refuses it) and lone surrogates
+# (not encodable as UTF-8, so neither driver can send them). Unlike an audit field, a
+# prompt keeps its other control characters: newlines and tabs are part of it.
+_UNSTORABLE: Final = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable(text: str) -> str:
+    """``text`` with what no database can store replaced by U+FFFD (SPEC §3)."""
+    if "\x00" not in text and text.isascii():
+        return text  # the common case, without a scan by the regex
+    return _UNSTORABLE.sub("\ufffd", text)
 
 
 class _Message(msgspec.Struct):
@@ -47,4 +60,6 @@ class Transcript:
 
     @property
     def text(self) -> str:
-        return "".join(self._parts)[:MAX_TEXT_CHARS]
+        # A backend's answer may carry NUL ("\u0000" in its JSON): it is cleaned here,
+        # where it enters, so the prompt log's writer is never refused for it.
+        return storable("".join(self._parts)[:MAX_TEXT_CHARS])

@@ -13,9 +13,9 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from nz_proxy.errors import GatewayError, render
-from nz_proxy.exchange import SCOPE_KEY, Exchange, Network
+from nz_proxy.exchange import SCOPE_KEY, Exchange, Network, redact_path
 from nz_proxy.logs import request_fields
-from nz_proxy.types import ASGIApp, Message, Receive, Scope, Send
+from nz_proxy.types import ASGIApp, AsgiScope, Message, Receive, Send
 
 __all__ = ["Recorder"]
 
@@ -34,12 +34,16 @@ class Recorder:
         self.trusted = trusted
         self.observers = list(observers)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: AsgiScope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         exchange = Exchange.begin(scope, self.trusted)
         scope[SCOPE_KEY] = exchange
+        # Every line logged while serving it (a backend error deep in a stream, say)
+        # carries the request id, so it can be matched with the request's own line.
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=exchange.request_id)
         request_id = (b"x-request-id", exchange.request_id.encode())
         started = False
 
@@ -55,7 +59,7 @@ class Recorder:
         try:
             await self.app(scope, receive, send_with_id)
         except Exception:
-            log.exception("unhandled_error", request_id=exchange.request_id, path=exchange.path)
+            log.exception("unhandled_error", path=redact_path(exchange.path))
             exchange.error = exchange.error or "internal_error"
             if not started:
                 failure = GatewayError("Internal error.")
@@ -74,6 +78,7 @@ class Recorder:
             if not exchange.status:
                 exchange.status = 499  # the client left before any answer
             self._finish(exchange)
+            structlog.contextvars.clear_contextvars()
 
     def _finish(self, exchange: Exchange) -> None:
         if exchange.audited:

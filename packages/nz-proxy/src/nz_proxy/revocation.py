@@ -22,7 +22,6 @@ from redis.exceptions import RedisError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nz_core.changes import changes_since, latest_change
-from nz_core.database import UNREACHABLE_ERRORS
 from nz_proxy.auth import Authenticator
 from nz_proxy.errors import GatewayUnavailable
 
@@ -71,56 +70,49 @@ class ChangeListener:
         self.auth = auth
         self._evictor = _Evictor(auth)
         self.connected = asyncio.Event()
+        self._caught_up_to: int | None = None
 
     def _notified(self, _conn: object, _pid: int, _channel: str, prefix: object) -> None:
         self._evictor.schedule(str(prefix))
 
-    async def run(self) -> None:
-        caught_up_to: int | None = None
-        backoff = 0.2
-        while True:
+    async def step(self) -> float:
+        """One LISTEN session (a supervised step): connect, catch up on what changed
+        while not listening, then listen until the connection closes. Until it is
+        listening again the per-process cache is not used: an eviction could be missed."""
+        self.auth.suspend_local()
+        conn = await asyncpg.connect(
+            self.dsn,
+            timeout=5,
+            # Named, so operators (and the fault tests) can find it in pg_stat_activity
+            # among the pool's connections.
+            server_settings={"application_name": LISTENER_NAME},
+        )
+        try:
+            closed = asyncio.Event()
+            conn.add_termination_listener(lambda _conn, done=closed: done.set())
+            for channel in CHANNELS:
+                await conn.add_listener(channel, self._notified)
+            # Listening now; evict what changed while we were not.
+            latest = await latest_change(self.engine)
+            if self._caught_up_to is not None:
+                for _, prefix in await changes_since(self.engine, self._caught_up_to):
+                    self._evictor.schedule(prefix)
+            self._caught_up_to = latest
+            self.auth.resume_local()
+            self.connected.set()
+            log.info("change_listener_connected")
+            while not closed.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closed.wait(), KEEPALIVE_S)
+                if not closed.is_set():
+                    await asyncio.wait_for(conn.execute("SELECT 1"), KEEPALIVE_S)
+        finally:
+            self.connected.clear()
             self.auth.suspend_local()
-            conn = None
-            try:
-                conn = await asyncpg.connect(
-                    self.dsn,
-                    timeout=5,
-                    # Named, so operators (and the fault tests) can find it in
-                    # pg_stat_activity among the pool's connections.
-                    server_settings={"application_name": LISTENER_NAME},
-                )
-                closed = asyncio.Event()
-                conn.add_termination_listener(lambda _conn, done=closed: done.set())
-                for channel in CHANNELS:
-                    await conn.add_listener(channel, self._notified)
-                # Listening now; evict what changed while we were not.
-                latest = await latest_change(self.engine)
-                if caught_up_to is not None:
-                    for _, prefix in await changes_since(self.engine, caught_up_to):
-                        self._evictor.schedule(prefix)
-                caught_up_to = latest
-                self.auth.resume_local()
-                self.connected.set()
-                backoff = 0.2
-                log.info("change_listener_connected")
-                while not closed.is_set():
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(closed.wait(), KEEPALIVE_S)
-                    if not closed.is_set():
-                        await asyncio.wait_for(conn.execute("SELECT 1"), KEEPALIVE_S)
-            except asyncio.CancelledError:
-                raise
-            except (*UNREACHABLE_ERRORS, asyncpg.PostgresError, TimeoutError, GatewayUnavailable):
-                pass
-            except Exception:
-                log.exception("change_listener_failed")
-            finally:
-                self.connected.clear()
-                if conn is not None and not conn.is_closed():
-                    conn.terminate()
-            log.warning("change_listener_disconnected", retry_in_s=backoff)
-            await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
+            if not conn.is_closed():
+                conn.terminate()
+        log.warning("change_listener_disconnected")
+        return 0.0  # it was connected: reconnect at once
 
 
 class ChangePoller:
@@ -131,21 +123,19 @@ class ChangePoller:
         self.auth = auth
         self.interval_s = interval_s
         self._evictor = _Evictor(auth)
+        self._last: int | None = None
 
-    async def run(self) -> None:
-        last: int | None = None
-        while True:
-            try:
-                if last is None:
-                    last = await latest_change(self.engine)
-                for change_id, prefix in await changes_since(self.engine, last):
-                    self._evictor.schedule(prefix)
-                    last = change_id
-                self.auth.resume_local()
-            except (*UNREACHABLE_ERRORS, GatewayUnavailable) as exc:
-                self.auth.suspend_local()
-                log.warning("change_poll_failed", error=type(exc).__name__)
-            except Exception:
-                self.auth.suspend_local()
-                log.exception("change_poll_failed")
-            await asyncio.sleep(self.interval_s)
+    async def step(self) -> float:
+        """Evict what changed since the last poll (a supervised step). While polling
+        fails the per-process cache is not used."""
+        try:
+            if self._last is None:
+                self._last = await latest_change(self.engine)
+            for change_id, prefix in await changes_since(self.engine, self._last):
+                self._evictor.schedule(prefix)
+                self._last = change_id
+        except BaseException:
+            self.auth.suspend_local()
+            raise
+        self.auth.resume_local()
+        return self.interval_s

@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from dotenv import dotenv_values
 
+from nz_core.budgets import DEFAULT_IMAGE_TOKENS
 from nz_core.database import DEFAULT_DATABASE_URL
 
 __all__ = ["Settings", "SettingsError", "load_settings", "settings_reference"]
@@ -53,6 +54,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     budget_default_completion_cap: Annotated[
         int, _doc("Completion tokens reserved when a request names no cap.", ge=1)
     ] = 4096
+    budget_image_tokens: Annotated[
+        int, _doc("Prompt tokens an image is reserved at (vision models spend hundreds).", ge=0)
+    ] = DEFAULT_IMAGE_TOKENS
     budget_timezone: Annotated[str, _doc("Timezone of the daily and monthly budget periods.")] = (
         "UTC"
     )

@@ -8,34 +8,100 @@ library it is; the rest of the gateway sees :class:`Upstream` and :class:`Reply`
 One pooled session per process; a short connect timeout; a read timeout long enough
 for a model to load. Bodies are never buffered when streamed: :meth:`Reply.chunks`
 yields what arrives.
+
+The circuit breaker hears only what says the node is unhealthy (SPEC §3, "breaker
+poisoning"). A connection refused or not made in time is the node down. Any answer in
+Ollama's own error shape is the node up, whatever its status: Ollama answers some bad
+requests (an option of the wrong type, a model too large for memory) with 500, and one
+tenant's bad requests must not take the node away from everyone. What is ambiguous (a
+read timeout, a connection dropped mid-answer, a 5xx that is not Ollama's) may be the
+request's fault or the node's: a liveness probe (``GET /api/version``) decides, and only
+its failure counts.
 """
 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import AsyncIterator
+from enum import Enum
 from typing import Final
 
 import aiohttp
+import msgspec
+import structlog
 
 from nz_proxy.breaker import CircuitBreaker
 from nz_proxy.errors import UpstreamTimeout, UpstreamUnavailable
 
-__all__ = ["Reply", "StreamBroken", "Upstream"]
+__all__ = ["Reply", "StreamBroken", "Upstream", "client_safe", "error_message"]
+
+log = structlog.get_logger("nz_proxy.upstream")
 
 _JSON: Final = {"Content-Type": "application/json"}
+# An error answer is read whole to tell Ollama's own errors from anything else.
+MAX_ERROR_BYTES: Final = 64 << 10
+PROBE_PATH: Final = "/api/version"
 
 
 class StreamBroken(Exception):
     """The backend failed after the response had started."""
 
 
+class _Health(Enum):
+    UP = "up"  # the node answered
+    DOWN = "down"  # the node could not be reached
+    SUSPECT = "suspect"  # the node or the request: a liveness probe decides
+
+
+class _ErrorBody(msgspec.Struct):
+    error: str
+
+
+_decode_error: Final = msgspec.json.Decoder(_ErrorBody).decode
+
+
+# What a backend message must not show a client (SPEC §6.1): URLs, addresses with or
+# without a port, host:port pairs and file system paths.
+_INTERNAL: Final = re.compile(
+    r"[a-z][a-z0-9+.-]*://\S+"
+    r"|\[[0-9a-f:]+\](?::\d+)?"
+    r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"
+    r"|\b[\w.-]+:\d{2,5}\b"
+    r"|(?:[A-Za-z]:)?(?:[/\\][\w.@+~-]+){2,}",
+    re.IGNORECASE,
+)
+MAX_DETAIL_CHARS: Final = 300
+
+
+def client_safe(message: str) -> str:
+    """A backend's error message as a client may read it: what names an internal
+    address or path replaced by ``[…]``, no control characters, at most 300 characters."""
+    text = _INTERNAL.sub("[…]", message[: MAX_DETAIL_CHARS * 4])
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
+    return text[:MAX_DETAIL_CHARS]
+
+
+def error_message(body: bytes) -> str | None:
+    """The message of an answer in Ollama's error shape (``{"error": "…"}``), else None."""
+    try:
+        return _decode_error(body).error
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
 class Reply:
     """A backend response whose headers have arrived; the body is read on demand."""
 
-    def __init__(self, response: aiohttp.ClientResponse, breaker: CircuitBreaker | None) -> None:
+    def __init__(
+        self,
+        response: aiohttp.ClientResponse,
+        upstream: Upstream | None,
+        body: bytes | None = None,
+    ) -> None:
         self._response = response
-        self._breaker = breaker
+        self._upstream = upstream  # None: not guarded, failures are nobody's concern
+        self._body = body
         self.status = response.status
 
     @property
@@ -43,6 +109,8 @@ class Reply:
         return self._response.content_type
 
     async def read(self) -> bytes:
+        if self._body is not None:
+            return self._body
         try:
             return await self._response.read()
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -61,8 +129,8 @@ class Reply:
             raise StreamBroken(type(exc).__name__) from None
 
     def _broken(self) -> None:
-        if self._breaker is not None:
-            self._breaker.failure()
+        if self._upstream is not None:
+            self._upstream.suspect()
 
     def abort(self) -> None:
         """Drop the connection, so the backend sees the client leave and stops."""
@@ -86,7 +154,10 @@ class Upstream:
         self._timeout = aiohttp.ClientTimeout(
             total=None, connect=connect_timeout_s, sock_read=read_timeout_s
         )
+        # A liveness probe answers quickly or the node is not well.
+        self._probe_timeout = aiohttp.ClientTimeout(total=connect_timeout_s)
         self._session: aiohttp.ClientSession | None = None
+        self._probe: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
@@ -98,6 +169,9 @@ class Upstream:
         )
 
     async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -107,11 +181,12 @@ class Upstream:
     ) -> Reply:
         """Send a request and wait for the response headers.
 
-        ``guarded`` requests pass the circuit breaker and count towards it; background
-        probes (discovery, readiness) are not guarded.
+        ``guarded`` requests pass the circuit breaker and tell it how the node did;
+        background probes (discovery, readiness) are not guarded. An answer with a
+        status of 500 or more has been read already (:meth:`Reply.read` returns it).
 
         Raises:
-            UpstreamUnavailable: circuit open, connection refused or failed, or 5xx.
+            UpstreamUnavailable: circuit open, connection refused or failed.
             UpstreamTimeout: no response before the read timeout.
         """
         if self._session is None:
@@ -124,26 +199,63 @@ class Upstream:
                 data=body,
                 headers=_JSON if body is not None else None,
             )
-        except aiohttp.ConnectionTimeoutError:
-            self._failed(guarded)
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ClientConnectorError):
+            self._heard(guarded, probe, _Health.DOWN)
             raise UpstreamUnavailable from None
         except (aiohttp.ServerTimeoutError, TimeoutError):
-            self._failed(guarded)
+            self._heard(guarded, probe, _Health.SUSPECT)
             raise UpstreamTimeout from None
         except aiohttp.ClientError:
-            self._failed(guarded)
+            self._heard(guarded, probe, _Health.SUSPECT)
             raise UpstreamUnavailable from None
         except asyncio.CancelledError:
             if guarded:
                 self.breaker.abandoned(probe)
             raise
-        if guarded:
-            if response.status >= 500:
-                self.breaker.failure()
-            else:
-                self.breaker.success()
-        return Reply(response, self.breaker if guarded else None)
+        if not guarded:
+            return Reply(response, None)
+        if response.status < 500:
+            self._heard(guarded, probe, _Health.UP)
+            return Reply(response, self)
+        try:
+            error_body = await response.content.read(MAX_ERROR_BYTES)
+        except (aiohttp.ClientError, TimeoutError):
+            self._heard(guarded, probe, _Health.SUSPECT)
+            raise UpstreamUnavailable from None
+        finally:
+            response.release()
+        ollama_said = error_message(error_body) is not None
+        self._heard(guarded, probe, _Health.UP if ollama_said else _Health.SUSPECT)
+        return Reply(response, self, error_body)
 
-    def _failed(self, guarded: bool) -> None:
-        if guarded:
+    def _heard(self, guarded: bool, probe: bool, health: _Health) -> None:
+        if not guarded:
+            return
+        if health is _Health.UP:
+            self.breaker.success()
+        elif health is _Health.DOWN or probe:
+            # The half-open probe must prove the node well; doubt keeps it open.
+            self.breaker.failure()
+        else:
+            self.suspect()
+
+    def suspect(self) -> None:
+        """Something went wrong that the request itself may have caused: probe the
+        node's liveness (one probe at a time) and count only a failed probe."""
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.ensure_future(self._check_liveness())
+
+    async def _check_liveness(self) -> None:
+        if self._session is None:
+            return
+        try:
+            async with self._session.get(
+                self.base_url + PROBE_PATH, timeout=self._probe_timeout
+            ) as response:
+                await response.read()
+                alive = response.status < 500
+        except (aiohttp.ClientError, TimeoutError):
+            alive = False
+        if not alive:
+            log.warning("backend_liveness_failed", backend=self.base_url)
             self.breaker.failure()

@@ -1,7 +1,13 @@
 """The test control API under `/_mock/` (not part of Ollama; never counted or faulted).
 
 - `GET /_mock/stats` → request counts per path, stream counters, disconnect records.
-- `POST /_mock/reset` → counters, faults, models and generation knobs back to startup.
+- `POST /_mock/reset` → counters, received bodies, faults, models and generation knobs
+  back to startup.
+- `GET /_mock/requests[?after=seq]` → the raw bodies of the last 1,000 Ollama-path
+  requests, oldest first: `{"requests": [{"seq", "method", "path", "size", "body"}],
+  "recorded", "capacity"}`, `body` base64 (null when no handler reads it, unknown
+  routes and blob uploads, or over 1 MiB); `after` keeps only entries with a larger
+  `seq` (seq counts since startup).
 - `GET|POST /_mock/faults` → read or change the faults (a partial update).
 - `POST /_mock/models` → replace (default) or extend the installed models.
 - `GET|POST /_mock/config` → read or change `token_rate` and `response_tokens`.
@@ -20,7 +26,7 @@ from nz_mock_ollama.errors import OllamaError, json_response
 from nz_mock_ollama.faults import update_faults
 from nz_mock_ollama.state import STATE, MockState
 
-__all__ = ["config", "faults", "models", "reset", "stats"]
+__all__ = ["config", "faults", "models", "requests", "reset", "stats"]
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -50,6 +56,16 @@ async def reset(request: web.Request) -> web.Response:
     state = request.app[STATE]
     state.reset()
     return json_response({**state.stats.as_json(), **_faults_json(state)})
+
+
+async def requests(request: web.Request) -> web.Response:
+    """`GET /_mock/requests[?after=seq]`: the bodies as received (SPEC §4.9's differential)."""
+    after = request.query.get("after", "0")
+    try:
+        mark = int(after)
+    except ValueError:
+        raise OllamaError(400, "after must be an integer") from None
+    return json_response(request.app[STATE].received.as_json(mark))
 
 
 async def faults(request: web.Request) -> web.Response:

@@ -8,11 +8,11 @@ request parsing it does not use. The gateway's services come from the app's stat
 from __future__ import annotations
 
 from nz_proxy.gateway import Gateway
-from nz_proxy.types import Scope
+from nz_proxy.types import AsgiScope
 
 __all__ = ["gateway_of"]
 
 
-def gateway_of(scope: Scope) -> Gateway:
+def gateway_of(scope: AsgiScope) -> Gateway:
     gateway: Gateway = scope["litestar_app"].state.gateway
     return gateway

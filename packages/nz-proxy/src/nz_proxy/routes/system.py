@@ -17,14 +17,14 @@ from nz_proxy.metrics import render as render_metrics
 from nz_proxy.openapi import openapi_document
 from nz_proxy.playground import HEADERS as PLAYGROUND_HEADERS
 from nz_proxy.playground import page
-from nz_proxy.responses import send_bytes, send_error
 from nz_proxy.routes import gateway_of
-from nz_proxy.types import Receive, Scope, Send
+from nz_proxy.translation.responses import send_bytes, send_error
+from nz_proxy.types import AsgiScope, Receive, Send
 
 __all__ = ["ROUTES"]
 
 
-async def _probe(scope: Scope, send: Send) -> bool:
+async def _probe(scope: AsgiScope, send: Send) -> bool:
     """Probes are not API traffic: never audited, and only read."""
     exchange = exchange_of(scope)
     exchange.audited = False
@@ -35,13 +35,13 @@ async def _probe(scope: Scope, send: Send) -> bool:
 
 
 @asgi("/healthz", is_mount=False, copy_scope=False)
-async def healthz(scope: Scope, receive: Receive, send: Send) -> None:
+async def healthz(scope: AsgiScope, receive: Receive, send: Send) -> None:
     if await _probe(scope, send):
         await send_bytes(send, 200, b'{"status":"ok"}', head=scope["method"] == "HEAD")
 
 
 @asgi("/readyz", is_mount=False, copy_scope=False)
-async def readyz(scope: Scope, receive: Receive, send: Send) -> None:
+async def readyz(scope: AsgiScope, receive: Receive, send: Send) -> None:
     if not await _probe(scope, send):
         return
     ready, checks = await readiness(gateway_of(scope))
@@ -54,7 +54,7 @@ _FORWARDING = frozenset({b"x-forwarded-for", b"forwarded", b"x-real-ip", b"x-for
 
 
 @asgi("/metrics", is_mount=False, copy_scope=False)
-async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
+async def metrics(scope: AsgiScope, receive: Receive, send: Send) -> None:
     """Prometheus text, for loopback clients only: the peer itself, never a forwarded
     address, must be local (SPEC §3)."""
     if not await _probe(scope, send):
@@ -76,7 +76,7 @@ async def metrics(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 @asgi("/playground", is_mount=True, copy_scope=True)
-async def playground(scope: Scope, receive: Receive, send: Send) -> None:
+async def playground(scope: AsgiScope, receive: Receive, send: Send) -> None:
     """The playground page, only when ``PLAYGROUND_ENABLED=true`` (else 404)."""
     if not await _probe(scope, send):
         return
@@ -105,7 +105,7 @@ def _openapi_bytes() -> bytes:
 
 
 @asgi("/openapi.json", is_mount=False, copy_scope=False)
-async def openapi(scope: Scope, receive: Receive, send: Send) -> None:
+async def openapi(scope: AsgiScope, receive: Receive, send: Send) -> None:
     """The OpenAPI document. No key: it describes the API, not any tenant's data."""
     if await _probe(scope, send):
         await send_bytes(send, 200, _openapi_bytes(), head=scope["method"] == "HEAD")

@@ -1,9 +1,9 @@
 """Shared limit state: one interface, two stores (SPEC §4.4, §9).
 
 :class:`StateStore` is what admission needs from the outside world, in exactly one
-round trip to admit and one to settle. :mod:`nz_proxy.state.redis` keeps the state in
+round trip to admit and one to settle. :mod:`nz_proxy.admission.stores.redis` keeps the state in
 Redis (Lua scripts, every key of one API key under one hash tag) so any number of
-gateway processes share it; :mod:`nz_proxy.state.memory` keeps it in the process for
+gateway processes share it; :mod:`nz_proxy.admission.stores.memory` keeps it in the process for
 embedded mode. Both implement the reference model :class:`nz_core.limiter.KeyState`,
 and one test suite holds them to it.
 

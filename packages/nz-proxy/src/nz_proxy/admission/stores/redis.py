@@ -1,7 +1,7 @@
 """The Redis state store: shared by every gateway process (SPEC §4.4, §9).
 
 Each operation is one Lua script call: one round trip to admit, one to settle (calls
-made together share one pipeline, see :mod:`nz_proxy.state.pipelining`). The
+made together share one pipeline, see :mod:`nz_proxy.admission.stores.pipelining`). The
 scripts are package files registered once (redis-py reloads them after ``NOSCRIPT``),
 take every key through ``KEYS``, and keep all keys of one API key under its hash tag
 ``{prefix}`` so they work on Redis Cluster. Time comes from Redis (``TIME``) unless a
@@ -20,8 +20,8 @@ from redis.commands.core import AsyncScript
 from nz_core.budgets import Period, PeriodState
 from nz_core.limiter import Ask, Decision
 from nz_core.windows import WindowCheck
-from nz_proxy.state import JournalEntry, Settled
-from nz_proxy.state.pipelining import ScriptPipeline
+from nz_proxy.admission.stores import JournalEntry, Settled
+from nz_proxy.admission.stores.pipelining import ScriptPipeline
 
 __all__ = ["RedisStore", "key_names"]
 
@@ -29,7 +29,7 @@ RESET_ORDER: Final = {Period.DAY: 0, Period.MONTH: 1, Period.TOTAL: 2}
 
 
 def _script(redis: Redis, name: str) -> AsyncScript:
-    source = files("nz_proxy.state").joinpath(f"{name}.lua").read_text()
+    source = files("nz_proxy.admission.stores").joinpath(f"{name}.lua").read_text()
     return redis.register_script(source)
 
 
@@ -59,7 +59,13 @@ def _text(value: Any) -> str:
 class RedisStore:
     journals = True
 
-    def __init__(self, redis: Redis, *, clock: Callable[[], int] | None = None) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        clock: Callable[[], int] | None = None,
+        deadline_s: float | None = None,
+    ) -> None:
         self.redis = redis
         # Tests pass a clock; production takes time from Redis, shared by all processes.
         self.clock = clock
@@ -68,7 +74,7 @@ class RedisStore:
         self._renew = _script(redis, "renew")
         self._seed = _script(redis, "seed")
         self._reap = _script(redis, "reap")
-        self._calls = ScriptPipeline(redis)
+        self._calls = ScriptPipeline(redis, deadline_s)
 
     def _now(self) -> str:
         return "" if self.clock is None else str(self.clock())
@@ -99,27 +105,12 @@ class RedisStore:
     @staticmethod
     def _decision(ask: Ask, reply: list[Any]) -> Decision:
         status, reason = int(reply[0]), _text(reply[1])
-        retry, cap, reserved = int(reply[2]), int(reply[3]), int(reply[4])
-        req_used, req_reset, tok_used, tok_reset, tok_retry, blocker = (
-            int(value) for value in reply[5:11]
-        )
+        retry, cap, reserved, blocker = int(reply[2]), int(reply[3]), int(reply[4]), int(reply[10])
         if status == 2:
             return Decision(
                 False, missing=tuple(ask.budgets[int(i) - 1] for i in reason.split(","))
             )
-        limits = ask.limits
-        requests = tokens = None
-        if limits.rpm is not None and req_used >= 0:
-            if status == 1:
-                requests = WindowCheck(True, req_used, limits.rpm - req_used - 1, 0, req_reset)
-            elif reason == "rpm":
-                requests = WindowCheck(False, req_used, 0, retry, req_reset)
-            else:  # refused later: this request was not counted
-                requests = WindowCheck(True, req_used, limits.rpm - req_used, 0, req_reset)
-        if limits.tpm is not None and tok_used >= 0:
-            ok = tok_used < limits.tpm
-            left = limits.tpm - tok_used if ok else 0
-            tokens = WindowCheck(ok, tok_used, left, 0 if ok else tok_retry, tok_reset)
+        requests, tokens = _windows(ask, status, reason, retry, reply)
         if status == 0 and reason == "rpm":  # refused before the budgets were read
             return Decision(False, "rpm", retry, requests=requests)
         states = tuple(
@@ -205,6 +196,27 @@ class RedisStore:
 
     async def close(self) -> None:
         return None  # the client belongs to the gateway
+
+
+def _windows(
+    ask: Ask, status: int, reason: str, retry: int, reply: list[Any]
+) -> tuple[WindowCheck | None, WindowCheck | None]:
+    """The request and token windows as the admit script reported them."""
+    req_used, req_reset, tok_used, tok_reset, tok_retry = (int(v) for v in reply[5:10])
+    limits = ask.limits
+    requests = tokens = None
+    if limits.rpm is not None and req_used >= 0:
+        if status == 1:
+            requests = WindowCheck(True, req_used, limits.rpm - req_used - 1, 0, req_reset)
+        elif reason == "rpm":
+            requests = WindowCheck(False, req_used, 0, retry, req_reset)
+        else:  # refused later: this request was not counted
+            requests = WindowCheck(True, req_used, limits.rpm - req_used, 0, req_reset)
+    if limits.tpm is not None and tok_used >= 0:
+        ok = tok_used < limits.tpm
+        left = limits.tpm - tok_used if ok else 0
+        tokens = WindowCheck(ok, tok_used, left, 0 if ok else tok_retry, tok_reset)
+    return requests, tokens
 
 
 def _journal_entry(prefix: str, rid: str, entry: bytes) -> JournalEntry:

@@ -16,16 +16,18 @@ import msgspec
 import structlog
 
 from nz_proxy.errors import UpstreamUnavailable
-from nz_proxy.responses import MEDIA_JSON, MEDIA_NDJSON, MEDIA_SSE
-from nz_proxy.translate import (
-    ChatStream,
-    CompletionStream,
-    NativeStreamTap,
+from nz_proxy.translation.replies import (
     chat_response,
     completion_response,
     embeddings_response,
-    native_error_line,
     new_completion_id,
+)
+from nz_proxy.translation.responses import MEDIA_JSON, MEDIA_NDJSON, MEDIA_SSE
+from nz_proxy.translation.streams import (
+    ChatStream,
+    CompletionStream,
+    NativeStreamTap,
+    native_error_line,
 )
 
 __all__ = [
@@ -40,7 +42,7 @@ __all__ = [
 _decode: Final = msgspec.json.Decoder().decode
 _encode: Final = msgspec.json.Encoder().encode
 
-log = structlog.get_logger("nz_proxy.answers")
+log = structlog.get_logger("nz_proxy.translation.answers")
 
 # What a client sees when the backend reports an error mid-stream. The backend's own
 # text (which can name internal hosts) goes to the log only (SPEC §6.1).
@@ -85,6 +87,11 @@ class StreamingAnswer(Answer, Protocol):
         """The final frame (or an error line) has been seen."""
         ...
 
+    @property
+    def failed(self) -> bool:
+        """The stream ended with an error (the backend's, or the gateway's own)."""
+        ...
+
 
 def _native(body: bytes) -> dict[str, Any]:
     try:
@@ -122,13 +129,16 @@ class NativeAnswer:
         return native_error_line(message)
 
     def whole(self, body: bytes) -> bytes:
-        self.tap.feed(body)
-        self.tap.done = True
+        self.tap.feed_whole(body)
         return body
 
     @property
     def finished(self) -> bool:
         return self.tap.done or self.tap.error_message is not None
+
+    @property
+    def failed(self) -> bool:
+        return self.tap.error_message is not None
 
     def usage(self, prompt_estimate: int) -> tuple[int, int]:
         tap = self.tap
@@ -158,6 +168,10 @@ class _SseAnswer:
     @property
     def finished(self) -> bool:
         return self._stream.finished
+
+    @property
+    def failed(self) -> bool:
+        return self._stream.error_message is not None
 
     def usage(self, prompt_estimate: int) -> tuple[int, int]:
         if self._whole_counts is not None:

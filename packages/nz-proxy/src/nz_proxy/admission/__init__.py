@@ -3,6 +3,14 @@
 Every request that reaches the backend is admitted once before it is forwarded (step
 4) and settled once after (step 6), whatever happens in between. The request path
 sees only :class:`Admission`; what stands behind it decides how much is enforced.
+
+The request path says what it asks (an :class:`~nz_core.limiter.Ask` with its id,
+prompt estimate and completion cap); the admission completes it with the key's terms
+(limits, budgets, default cap, lease) before asking the state store.
+
+* :mod:`~nz_proxy.admission.governor`: the admission over a state store;
+* :mod:`~nz_proxy.admission.backlog`: settlements owed while Redis does not answer;
+* :mod:`~nz_proxy.admission.stores`: the state stores, Redis and in-process.
 """
 
 from __future__ import annotations
@@ -12,33 +20,22 @@ from typing import Protocol
 
 from nz_core.credentials import KeyPolicy
 from nz_core.limiter import Ask
-from nz_proxy.state import Settled
+from nz_proxy.admission.stores import Settled
 
-__all__ = ["Admission", "Demand", "Ticket"]
-
-
-@dataclass(frozen=True, slots=True)
-class Demand:
-    """What a request asks of its key's limits."""
-
-    request_key: str  # unique per request (the audit id), never the client's request id
-    inference: bool  # generation or embedding, as opposed to listing models
-    prompt_estimate: int = 0
-    requested_cap: int | None = None  # the completion cap the client asked for
-    generates: bool = True  # False for embeddings: no completion, nothing to cap
-    journal: bytes = b""  # the audit row as admission knows it (kept by journaling stores)
+__all__ = ["Admission", "Ask", "Ticket"]
 
 
 @dataclass(slots=True)
 class Ticket:
-    """An admitted request. ``cap`` is the completion cap to forward as
-    ``options.num_predict`` (``None``: leave the request as it is)."""
+    """An admitted request. ``ask`` is what the state store was asked (with the key's
+    terms); ``cap`` is the completion cap to forward as ``options.num_predict``
+    (``None``: leave the request as it is)."""
 
-    demand: Demand
+    ask: Ask
     policy: KeyPolicy
     cap: int | None = None
     headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    ask: Ask | None = None  # what the state store was asked, for settlement
+    counted: bool = False  # the state store holds something of it to settle
     reserved: int = 0  # tokens held for it until settlement
     admitted_ms: int = 0  # wall clock, for a store that lost the reservation meanwhile
 
@@ -49,8 +46,9 @@ class Admission(Protocol):
         """Whether settle() wants the finished audit row."""
         ...
 
-    async def admit(self, policy: KeyPolicy, demand: Demand) -> Ticket:
-        """Admit or refuse (``LimitExceeded``, ``BudgetExhausted``, ``GatewayUnavailable``)."""
+    async def admit(self, policy: KeyPolicy, ask: Ask, journal: bytes = b"") -> Ticket:
+        """Admit or refuse (``LimitExceeded``, ``BudgetExhausted``, ``GatewayUnavailable``).
+        ``journal`` is the audit row as admission knows it (kept by journaling stores)."""
         ...
 
     async def settle(

@@ -35,12 +35,12 @@ import structlog
 from redis.exceptions import RedisError
 
 from nz_core.limiter import Ask
+from nz_proxy.admission.stores import Settled, StateStore
 from nz_proxy.audit import AuditRow, AuditWriter, decode_row
-from nz_proxy.state import Settled, StateStore
 
 __all__ = ["Backlog", "Gate", "Owed"]
 
-log = structlog.get_logger("nz_proxy.settlements")
+log = structlog.get_logger("nz_proxy.admission.backlog")
 
 REPLAY_INTERVAL_S: Final = 0.5
 # Cancellations are kept up to this many: each is a timed-out admission, and a long
@@ -153,12 +153,11 @@ class Backlog:
             log.info("settlements_replayed", settled=done, waiting=len(self._owed))
         return done
 
-    async def run(self) -> None:
-        """Replay until cancelled."""
-        while True:
-            await asyncio.sleep(REPLAY_INTERVAL_S)
-            if self._owed:
-                await self.replay_once()
+    async def step(self) -> float:
+        """Replay what is owed (a supervised step)."""
+        if self._owed:
+            await self.replay_once()
+        return REPLAY_INTERVAL_S
 
     async def close(self) -> None:
         """Graceful stop: one last replay, then audit what is left as it happened. Its

@@ -1,19 +1,19 @@
 """Admission with limits and budgets (SPEC §4.4): :class:`Governor` implements
-:class:`nz_proxy.admission.Admission` over a :class:`~nz_proxy.state.StateStore`.
+:class:`nz_proxy.admission.Admission` over a :class:`~nz_proxy.admission.stores.StateStore`.
 
 Per request it builds the key's budget periods (calendar day and month in
 ``BUDGET_TIMEZONE``, and all time), asks the store once, and turns the decision into
 either a ticket with the headers of SPEC §6.5, or a 429 with ``Retry-After``. A budget
 counter the store does not know (Redis restarted, a new period began) is rebuilt from
 the ledger first. Settlement is one more store call, replayed by
-:mod:`nz_proxy.settlements` when Redis does not answer. Leases of requests still
+:mod:`nz_proxy.admission.backlog` when Redis does not answer. Leases of requests still
 running are renewed in one batch every third of the lease time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Final
 
@@ -27,16 +27,16 @@ from nz_core.credentials import KeyPolicy
 from nz_core.errors import DatabaseUnreachable
 from nz_core.ledger import period_tokens
 from nz_core.limiter import Ask, BudgetLine, Decision
-from nz_proxy.admission import Demand, Ticket
+from nz_proxy.admission import Ticket
+from nz_proxy.admission.backlog import Backlog, Gate, Owed
+from nz_proxy.admission.stores import Settled, StateStore
 from nz_proxy.audit import AuditWriter, decode_row
 from nz_proxy.errors import BudgetExhausted, GatewayError, GatewayUnavailable, LimitExceeded
 from nz_proxy.settings import Settings
-from nz_proxy.settlements import Backlog, Gate, Owed
-from nz_proxy.state import Settled, StateStore
 
 __all__ = ["Governor", "duration", "rate_headers"]
 
-log = structlog.get_logger("nz_proxy.governor")
+log = structlog.get_logger("nz_proxy.admission.governor")
 
 # A budget counter outlives its period by a day, so late settlements still find it.
 COUNTER_GRACE_MS: Final = 86_400_000
@@ -112,38 +112,40 @@ class Governor:
             lines.append(BudgetLine(period, limit, f"{period.value}:{int(start.timestamp())}", ttl))
         return tuple(lines)
 
-    async def admit(self, policy: KeyPolicy, demand: Demand) -> Ticket:
+    async def admit(self, policy: KeyPolicy, ask: Ask, journal: bytes = b"") -> Ticket:
         if self.audit.full:
             raise GatewayUnavailable("audit log")
         now = datetime.now(UTC)
         budgets = self.budget_lines(policy, now)
         limits = policy.limits
-        if not demand.inference and limits.rpm is None and limits.tpm is None and not budgets:
-            return Ticket(demand=demand, policy=policy)  # nothing to count or report
-        ask = Ask(
-            rid=demand.request_key,
-            inference=demand.inference,
-            limits=policy.limits,
+        if not ask.inference and limits.rpm is None and limits.tpm is None and not budgets:
+            return Ticket(ask=ask, policy=policy)  # nothing to count or report
+        ask = replace(
+            ask,
+            limits=limits,
             budgets=budgets,
-            prompt_estimate=demand.prompt_estimate,
-            requested_cap=demand.requested_cap,
             default_cap=self.default_cap,
             lease_ms=self.lease_ms,
-            generates=demand.generates,
         )
         admitted_ms = int(now.timestamp() * 1000)
-        decision = await self._decide(policy, ask, demand.journal, now, admitted_ms)
+        decision = await self._decide(policy, ask, journal, now, admitted_ms)
         headers = rate_headers(policy, decision)
         if not decision.admitted:
             raise self._refusal(decision, headers, now)
         if ask.inference:
             self._running[ask.rid] = (policy.prefix, ask)
+        cap = decision.cap
+        if cap is None and ask.inference and ask.generates:
+            # Nothing counted for this key, so nothing reserved: the generation is still
+            # bounded, so that `num_predict: -1` cannot hold a GPU slot without end.
+            cap = ask.requested_cap if ask.requested_cap and ask.requested_cap > 0 else None
+            cap = cap or self.default_cap
         return Ticket(
-            demand=demand,
-            policy=policy,
-            cap=decision.cap,
-            headers=headers,
             ask=ask,
+            policy=policy,
+            cap=cap,
+            headers=headers,
+            counted=True,
             reserved=decision.reserved,
             admitted_ms=admitted_ms,
         )
@@ -212,7 +214,7 @@ class Governor:
         self, ticket: Ticket, tokens_in: int, tokens_out: int, journal: bytes = b""
     ) -> Settled:
         ask = ticket.ask
-        if ask is None or not ask.inference:
+        if not ticket.counted or not ask.inference:
             return Settled.SETTLED  # only inference reserves anything
         self._running.pop(ask.rid, None)
         tokens = tokens_in + tokens_out
@@ -243,14 +245,10 @@ class Governor:
     def running(self) -> int:
         return len(self._running)
 
-    async def renew_leases(self) -> None:
-        """Renew every running request's lease, every third of the lease time."""
-        while True:
-            await asyncio.sleep(self.lease_ms / 3000)
-            leases = list(self._running.values())
-            if not leases:
-                continue
-            try:
-                await self.store.renew(leases)
-            except RedisError:
-                log.warning("lease_renewal_failed", leases=len(leases))
+    async def renew_step(self) -> float:
+        """Renew every running request's lease (a supervised step), every third of the
+        lease time."""
+        leases = list(self._running.values())
+        if leases:
+            await self.store.renew(leases)
+        return self.lease_ms / 3000

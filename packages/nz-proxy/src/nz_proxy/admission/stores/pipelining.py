@@ -24,6 +24,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 __all__ = ["ScriptPipeline"]
 
@@ -39,16 +40,27 @@ class _Call:
 
 
 class ScriptPipeline:
-    """Runs registered scripts, batching the calls that arrive together."""
+    """Runs registered scripts, batching the calls that arrive together. With
+    ``deadline_s``, a caller waits no longer than that for its reply, however the time
+    goes (a free connection, a new connection's handshake, the reply): it gets Redis's
+    own ``TimeoutError``, as from a socket timeout."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Redis, deadline_s: float | None = None) -> None:
         self._redis = redis
+        self._deadline_s = deadline_s
         self._queue: list[_Call] = []
         self._on_wire = 0  # direct calls and batches sent, not yet answered
         self._batches: set[asyncio.Task[None]] = set()
 
     async def run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         """The script's reply, as ``await script(keys=keys, args=args)`` would give it."""
+        try:
+            async with asyncio.timeout(self._deadline_s):
+                return await self._run(script, keys, args)
+        except TimeoutError:
+            raise RedisTimeoutError(f"no reply within {self._deadline_s} s") from None
+
+    async def _run(self, script: AsyncScript, keys: Sequence[str], args: Sequence[Arg]) -> Any:
         if not self._on_wire and not self._queue:
             self._on_wire += 1
             try:

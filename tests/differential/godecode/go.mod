@@ -1,0 +1,3 @@
+module neuronetz/godecode
+
+go 1.19
