@@ -8,8 +8,6 @@ its exit status) run it as an operator does, in a process of its own.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import re
@@ -18,12 +16,11 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import pytest
 
-from nz_cli.main import main
 from tests import services
+from tests.cli.runner import run_cli
 from tests.processes import MockProcess
 
 CLI = [sys.executable, "-m", "nz_cli"]
@@ -52,25 +49,10 @@ class Cli:
                 timeout=60,
             )
         else:
-            result = self._in_process(args)
+            result = run_cli(args, self.env, self.cwd)
         if ok:
             assert result.returncode == 0, result.stderr
         return result
-
-    def _in_process(self, args: tuple[str, ...]) -> subprocess.CompletedProcess[str]:
-        out, err = io.StringIO(), io.StringIO()
-        code: int = 0
-        with (
-            mock.patch.dict(os.environ, self.env, clear=True),
-            contextlib.chdir(self.cwd),
-            contextlib.redirect_stdout(out),
-            contextlib.redirect_stderr(err),
-        ):
-            try:
-                main(list(args))
-            except SystemExit as exit_:
-                code = exit_.code if isinstance(exit_.code, int) else int(exit_.code is not None)
-        return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
 
     def json(self, *args: str) -> Any:
         return json.loads(self(*args, "--json").stdout)

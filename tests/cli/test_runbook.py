@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests import services
+from tests.cli.runner import run_cli
 from tests.processes import MockProcess, free_port, wait_until_healthy
 
 RUNBOOK = Path(__file__).resolve().parents[2] / "docs" / "OPERATIONS.md"
@@ -63,14 +64,7 @@ def test_every_documented_command_works(
         if args[0] == "serve":
             _serve_briefly(args, env, tmp_path)
             continue
-        result = subprocess.run(
-            [sys.executable, "-m", "nz_cli", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        result = run_cli(args, env, tmp_path)
         assert result.returncode == 0, (command, result.stderr)
         if args[0] == "create-key":
             prefix = result.stdout.strip()[:12]

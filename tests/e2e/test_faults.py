@@ -1,5 +1,10 @@
-"""The backend failing in every way the mock can (SPEC §4.7, §6.2): each test gets its own
-mock and its own gateway, so breaker state and faults never leak between tests."""
+"""The backend failing in every way the mock can (SPEC §4.7, §6.2), through real gateway
+and mock processes and the real clients: each test gets its own mock and its own
+gateway, so breaker state and faults never leak between tests.
+
+One storage mode is enough here: how the backend fails does not depend on it. The same
+exits are settled in both storage modes by the in-process lifecycle tests
+(``tests/proxy/test_lifecycle.py``)."""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import pytest
 from tests.e2e.conftest import RigFactory
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "tell me"}]}
+
+pytestmark = pytest.mark.parametrize("deployment", ["embedded"], indirect=True)
 
 
 def test_dead_backend_gives_502_everywhere(rig: RigFactory) -> None:

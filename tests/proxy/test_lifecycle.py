@@ -4,7 +4,8 @@ leaves before or during the answer, a backend that fails before or during it), t
 concurrency slot always given back, the breaker hearing only the node's health, and
 every in-request log line carrying the request id.
 
-Each case runs in milliseconds: the gateway is the real one, built with
+Each case runs in milliseconds, in both storage modes (SQLite and in-process state;
+PostgreSQL and Redis): the gateway is the real one, built with
 ``build_gateway(settings, upstream=…)`` and driven through its ASGI interface.
 """
 
@@ -26,6 +27,7 @@ from structlog.testing import capture_logs
 from nz_core.database import connect, create_engine
 from nz_core.limits import Limits
 from nz_core.schema import audit_log
+from tests import services
 from tests.inprocess import (
     FakeBackend,
     Handler,
@@ -37,6 +39,22 @@ from tests.inprocess import (
 )
 
 CHAT: Final = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
+# The in-process gateways' own Redis database (the e2e rigs use REDIS_DB + 1, the state
+# store tests + 2).
+LIFECYCLE_REDIS_DB: Final = services.REDIS_DB + 3
+
+
+@pytest.fixture(params=["embedded", "production"])
+def storage(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The settings of each storage mode, for :func:`tests.inprocess.gateway`."""
+    if request.param == "embedded":
+        return {}
+    return {
+        "database_url": request.getfixturevalue("postgres_url"),
+        "redis_url": services.redis_url(LIFECYCLE_REDIS_DB),
+    }
+
+
 NATIVE: Final = ("/api/chat", {**CHAT, "stream": True})
 OPENAI: Final = ("/v1/chat/completions", {**CHAT, "stream": True})
 
@@ -120,11 +138,11 @@ async def slot_is_free(running: Running, key: str) -> bool:
 
 @pytest.mark.parametrize(("path", "body"), [NATIVE, OPENAI])
 async def test_a_finished_stream_is_settled_once_with_its_counts(
-    tmp_path: Path, path: str, body: dict[str, Any]
+    storage: dict[str, Any], tmp_path: Path, path: str, body: dict[str, Any]
 ) -> None:
     async with (
         FakeBackend(streaming(["a", "b", "c"])) as backend,
-        gateway(backend.url, tmp_path) as gw,
+        gateway(backend.url, tmp_path, **storage) as gw,
     ):
         key = await gw.new_key(limits=Limits(concurrent=1), daily=10_000)
         async with settlements(gw) as settled:
@@ -142,11 +160,14 @@ async def test_a_finished_stream_is_settled_once_with_its_counts(
 @pytest.mark.parametrize(("path", "body"), [NATIVE, OPENAI])
 @pytest.mark.parametrize("leave_after", [0, 2])
 async def test_a_client_that_leaves_is_settled_once_as_499_and_the_backend_stops(
-    tmp_path: Path, path: str, body: dict[str, Any], leave_after: int
+    storage: dict[str, Any], tmp_path: Path, path: str, body: dict[str, Any], leave_after: int
 ) -> None:
     closed = asyncio.Event()
+    quick = streaming(["ok"])
 
     async def slow(request: web.BaseRequest) -> web.StreamResponse:
+        if closed.is_set():
+            return await quick(request)  # the probe that the slot is free again
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
         await response.prepare(request)
         try:
@@ -158,7 +179,7 @@ async def test_a_client_that_leaves_is_settled_once_as_499_and_the_backend_stops
             raise
         return response
 
-    async with FakeBackend(slow) as backend, gateway(backend.url, tmp_path) as gw:
+    async with FakeBackend(slow) as backend, gateway(backend.url, tmp_path, **storage) as gw:
         key = await gw.new_key(limits=Limits(concurrent=1), daily=100_000)
         async with settlements(gw) as settled:
             answer = await call(
@@ -181,11 +202,11 @@ async def test_a_client_that_leaves_is_settled_once_as_499_and_the_backend_stops
 @pytest.mark.parametrize(("path", "body"), [NATIVE, OPENAI])
 @pytest.mark.parametrize("error", [None, "runner crashed"])
 async def test_a_backend_that_fails_mid_stream_ends_it_with_one_error_frame(
-    tmp_path: Path, path: str, body: dict[str, Any], error: str | None
+    storage: dict[str, Any], tmp_path: Path, path: str, body: dict[str, Any], error: str | None
 ) -> None:
     async with (
         FakeBackend(streaming(["a", "b", "c", "d"], stop_after=2, error=error)) as backend,
-        gateway(backend.url, tmp_path) as gw,
+        gateway(backend.url, tmp_path, **storage) as gw,
     ):
         key = await gw.new_key(limits=Limits(concurrent=1))
         async with settlements(gw) as settled:
@@ -204,14 +225,16 @@ async def test_a_backend_that_fails_mid_stream_ends_it_with_one_error_frame(
         assert await slot_is_free(gw, key)
 
 
-async def test_a_backend_that_never_answers_is_a_504_settled_at_zero(tmp_path: Path) -> None:
+async def test_a_backend_that_never_answers_is_a_504_settled_at_zero(
+    storage: dict[str, Any], tmp_path: Path
+) -> None:
     async def silent(_request: web.BaseRequest) -> web.StreamResponse:
         await asyncio.sleep(5)
         raise AssertionError("unreachable")
 
     async with (
         FakeBackend(silent) as backend,
-        gateway(backend.url, tmp_path, upstream_read_timeout_s=0.3) as gw,
+        gateway(backend.url, tmp_path, upstream_read_timeout_s=0.3, **storage) as gw,
     ):
         key = await gw.new_key(limits=Limits(concurrent=1), daily=10_000)
         async with settlements(gw) as settled:
@@ -229,11 +252,13 @@ async def test_a_backend_that_never_answers_is_a_504_settled_at_zero(tmp_path: P
 # -- the breaker hears the node, not the request --------------------------------------------
 
 
-async def test_ollama_errors_pass_on_and_never_open_the_breaker(tmp_path: Path) -> None:
+async def test_ollama_errors_pass_on_and_never_open_the_breaker(
+    storage: dict[str, Any], tmp_path: Path
+) -> None:
     refusal = b'{"error":"model requires more system memory (9.1 GiB) than is available"}'
     async with (
         FakeBackend(answering(500, refusal)) as backend,
-        gateway(backend.url, tmp_path, circuit_breaker_failures=2) as gw,
+        gateway(backend.url, tmp_path, circuit_breaker_failures=2, **storage) as gw,
     ):
         for _ in range(5):
             answer = await call(gw.app, "POST", "/api/chat", headers=gw.auth, body=CHAT)
@@ -246,7 +271,9 @@ async def test_ollama_errors_pass_on_and_never_open_the_breaker(tmp_path: Path) 
         assert backend.paths().count("/api/chat") == 5
 
 
-async def test_ambiguous_failures_count_only_when_the_liveness_probe_fails(tmp_path: Path) -> None:
+async def test_ambiguous_failures_count_only_when_the_liveness_probe_fails(
+    storage: dict[str, Any], tmp_path: Path
+) -> None:
     """A 5xx that is not Ollama's starts a probe; the node still answering ``/api/version``
     keeps the breaker closed, a node that does not opens it."""
     version_ok = True
@@ -258,7 +285,7 @@ async def test_ambiguous_failures_count_only_when_the_liveness_probe_fails(tmp_p
 
     async with (
         FakeBackend(proxy) as backend,
-        gateway(backend.url, tmp_path, circuit_breaker_failures=2) as gw,
+        gateway(backend.url, tmp_path, circuit_breaker_failures=2, **storage) as gw,
     ):
         breaker = gw.gateway.upstream.breaker
         for _ in range(3):
@@ -276,10 +303,12 @@ async def test_ambiguous_failures_count_only_when_the_liveness_probe_fails(tmp_p
         assert "retry-after" in refused.headers  # the circuit is open
 
 
-async def test_an_unreachable_backend_opens_the_breaker(tmp_path: Path) -> None:
+async def test_an_unreachable_backend_opens_the_breaker(
+    storage: dict[str, Any], tmp_path: Path
+) -> None:
     backend = FakeBackend(answering(200, b"{}"))
     await backend.__aenter__()
-    async with gateway(backend.url, tmp_path, circuit_breaker_failures=3) as gw:
+    async with gateway(backend.url, tmp_path, circuit_breaker_failures=3, **storage) as gw:
         await backend.__aexit__()  # the node goes away: connections are refused
         refused = [
             await call(gw.app, "POST", "/api/chat", headers=gw.auth, body=CHAT) for _ in range(4)
@@ -291,10 +320,12 @@ async def test_an_unreachable_backend_opens_the_breaker(tmp_path: Path) -> None:
 # -- context in every log line ---------------------------------------------------------------
 
 
-async def test_a_warning_deep_in_the_stream_carries_the_request_id(tmp_path: Path) -> None:
+async def test_a_warning_deep_in_the_stream_carries_the_request_id(
+    storage: dict[str, Any], tmp_path: Path
+) -> None:
     async with (
         FakeBackend(streaming(["a", "b"], stop_after=1, error="boom")) as backend,
-        gateway(backend.url, tmp_path) as gw,
+        gateway(backend.url, tmp_path, **storage) as gw,
     ):
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
             answer = await call(

@@ -25,14 +25,14 @@ import httpx
 from nz_core import admin
 from nz_core.database import create_engine
 from nz_proxy.revocation import LISTENER_NAME
-from tests.reliability.stack import HASHER, Stack, settle_time, wait_healthy
+from tests.reliability.stack import HASHER, JOURNAL_GRACE_S, Stack, settle_time, wait_healthy
 from tests.reliability.traffic import Traffic, reconcile
 
 __all__ = ["FAULTS", "Fault", "run_fault"]
 
-# A settled row that a killed process never wrote is reaped after this grace
-# (nz_proxy.maintenance.SETTLED_GRACE_MS), so the books of a kill close only after it.
-KILLED_ROWS_GRACE_S = 75.0
+# A settled row that a killed process never wrote is reaped after AUDIT_JOURNAL_GRACE_S
+# (the stack's, tests/reliability/stack.py), so the books of a kill close only after it.
+KILLED_ROWS_GRACE_S = JOURNAL_GRACE_S + 15.0
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Fault:
     heal: Callable[[Stack], None]
     allowed: frozenset[str]  # statuses (or transport errors) clients may see meanwhile
     expected: str  # SPEC §6.2's behaviour, for the report
-    duration_s: float = 3.0
+    duration_s: float = 2.0
     reconcile_s: float = 30.0
 
 
@@ -244,7 +244,7 @@ def _causes(stack: Stack, offset: int) -> dict[str, int]:
     return dict(found)
 
 
-async def run_fault(stack: Stack, fault: Fault, baseline_s: float = 1.5) -> dict[str, Any]:
+async def run_fault(stack: Stack, fault: Fault, baseline_s: float = 1.0) -> dict[str, Any]:
     """Inject ``fault`` under traffic, heal it, wait for recovery, balance the books."""
     tenants = await stack.add_tenants(fault.name)
     await _warm(stack.url, tenants)
@@ -269,7 +269,7 @@ async def run_fault(stack: Stack, fault: Fault, baseline_s: float = 1.5) -> dict
             if served is not None and ready:
                 break
             await asyncio.sleep(0.05)
-        await asyncio.sleep(1.0)  # some steady traffic after recovery
+        await asyncio.sleep(0.5)  # some steady traffic after recovery
     stop_probe.set()
     await probe
     await asyncio.to_thread(wait_healthy, stack.url)

@@ -45,6 +45,8 @@ __all__ = ["PrivatePostgres", "Stack", "Tenant", "stack"]
 
 HASHER = KeyHasher(TEST_HASH_PROFILE)
 LEASE_S = 3.0  # short, so a leaked slot would show within the test
+# Short, so the rows of a killed gateway are reaped within the test (default 60 s).
+JOURNAL_GRACE_S = 5.0
 # Real limits and budgets, so every counter is exercised, but high enough never to deny.
 TENANT_LIMITS = Limits(rpm=100_000, tpm=100_000_000, concurrent=50)
 BUDGET = 10**12
@@ -260,6 +262,7 @@ def stack(**env: str) -> Iterator[Stack]:
                 "OLLAMA_BASE_URL": mock.url,
                 "GATEWAY_WORKERS": "2",
                 "CONCURRENCY_LEASE_S": str(LEASE_S),
+                "AUDIT_JOURNAL_GRACE_S": str(JOURNAL_GRACE_S),
                 "UPSTREAM_READ_TIMEOUT_S": "2",
                 "CIRCUIT_BREAKER_RESET_S": "1",
                 **env,

@@ -1,5 +1,5 @@
 """Soak: mixed traffic at about 70% of the measured capacity, three tenants, streams and
-disconnects, for ``NZ_SOAK_S`` seconds (30 in the default run; the full soak is
+disconnects, for ``NZ_SOAK_S`` seconds (15 in the default run; the full soak is
 ``NZ_SOAK_S=600 uv run pytest tests/reliability/test_soak.py -s``).
 
 Expected: no status but 200 and the 429s of the one tenant whose rpm is set low; the
@@ -22,7 +22,7 @@ from tests.benchmarks import procstat
 from tests.reliability.stack import settle_time, stack
 from tests.reliability.traffic import Traffic, reconcile
 
-SOAK_S = float(os.environ.get("NZ_SOAK_S", "30"))
+SOAK_S = float(os.environ.get("NZ_SOAK_S", "15"))
 WORKERS = 12
 LOW_RPM = 120  # one tenant meets its limit: the expected 429s
 

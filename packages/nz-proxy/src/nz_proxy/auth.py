@@ -383,7 +383,7 @@ class Authenticator:
             if self.local_enabled:
                 self.local.put(prefix, entry)
         if self.hasher.needs_rehash(credentials.hash):
-            self._spawn(self._rehash(credentials.policy.key_id, credentials.hash, key))
+            self.spawn(self._rehash(credentials.policy.key_id, credentials.hash, key))
         return credentials.policy
 
     async def _argon2(self, encoded: str, key: str) -> bool:
@@ -406,14 +406,17 @@ class Authenticator:
         except DatabaseUnreachable:
             log.warning("rehash_deferred", key_id=key_id)
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Run background work of the key cache (a rehash, an eviction) as its own task,
+        which :meth:`close` lets finish."""
         task = asyncio.ensure_future(coroutine)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
     async def close(self, grace_s: float = 5.0) -> None:
-        """Let rehashes in progress finish (graceful stop): a task cut off mid-write
-        would leave its database connection to the garbage collector."""
+        """Let rehashes and evictions in progress finish (graceful stop), before the
+        database and Redis clients close: a task cut off mid-write, or one run after
+        them, would leave its connection to the garbage collector."""
         if self._background:
             await asyncio.wait(list(self._background), timeout=grace_s)
 

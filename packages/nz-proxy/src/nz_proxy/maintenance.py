@@ -26,8 +26,6 @@ log = structlog.get_logger("nz_proxy.maintenance")
 
 SWEEP_INTERVAL_S: Final = 60.0
 CHANGE_LOG_KEPT: Final = timedelta(days=1)
-# A settled row the owning process has not written within this long is reaped.
-SETTLED_GRACE_MS: Final = 60_000
 
 
 async def reap_once(store: StateStore, audit: AuditWriter, grace_ms: int) -> int:
@@ -51,9 +49,10 @@ async def reap_once(store: StateStore, audit: AuditWriter, grace_ms: int) -> int
     return len(entries)
 
 
-async def reap_step(store: StateStore, audit: AuditWriter, lease_s: float) -> float:
-    """Reap (a supervised step), every half lease."""
-    await reap_once(store, audit, SETTLED_GRACE_MS)
+async def reap_step(store: StateStore, audit: AuditWriter, lease_s: float, grace_s: float) -> float:
+    """Reap (a supervised step), every half lease: settled rows their own process has
+    not written within ``grace_s``, and reservations whose lease ran out."""
+    await reap_once(store, audit, int(grace_s * 1000))
     return lease_s / 2
 
 

@@ -44,14 +44,11 @@ LISTENER_NAME: Final = "neuronetz-gateway listener"
 class _Evictor:
     def __init__(self, auth: Authenticator) -> None:
         self.auth = auth
-        self._tasks: set[asyncio.Task[None]] = set()
         self.evictions = 0
 
     def schedule(self, prefix: str) -> None:
         self.auth.evict_local(prefix)  # at once, before any await
-        task = asyncio.ensure_future(self._evict(prefix))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.auth.spawn(self._evict(prefix))
 
     async def _evict(self, prefix: str) -> None:
         self.evictions += 1

@@ -102,6 +102,14 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             le=10000,
         ),
     ] = 64
+    audit_journal_grace_s: Annotated[
+        float,
+        _doc(
+            "Seconds a request's journaled audit row may wait for its own process to write "
+            "it before another replica does (the owner was killed).",
+            ge=1,
+        ),
+    ] = 60.0
     audit_buffer_rows: Annotated[
         int, _doc("Audit rows held in memory while the database is away (then 503).", ge=10)
     ] = 10000
