@@ -343,7 +343,9 @@ async def test_malformed_json_is_a_clean_400(deployment: Deployment, key: str, c
     assert_serves(deployment.url, key)
 
 
-async def test_a_lone_surrogate_escape_reads_as_go_reads_it(deployment: Deployment, key: str) -> None:
+async def test_a_lone_surrogate_escape_reads_as_go_reads_it(
+    deployment: Deployment, key: str
+) -> None:
     """Go's decoder reads an unpaired surrogate escape as U+FFFD; so does the gateway,
     which forwards that: never a 500 (it cannot be encoded as sent), never a refusal of
     what Ollama accepts."""

@@ -35,12 +35,12 @@ from nz_core.ledger import record
 from nz_core.migrations import upgrade
 from nz_core.schema import audit_log, budget_usage, prompt_log
 from nz_proxy import audit as audit_module
+from nz_proxy.admission.stores.memory import MemoryStore
 from nz_proxy.app import build_gateway
 from nz_proxy.audit import AuditRow, AuditWriter, PromptRecord
 from nz_proxy.health import readiness
 from nz_proxy.promptlog import Transcript
 from nz_proxy.settings import load_settings
-from nz_proxy.admission.stores.memory import MemoryStore
 from nz_proxy.supervisor import Job, Supervisor
 from tests import services
 from tests.processes import MockProcess

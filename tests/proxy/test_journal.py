@@ -20,10 +20,10 @@ from nz_core.keys import TEST_HASH_PROFILE, KeyHasher
 from nz_core.limiter import Ask, BudgetLine
 from nz_core.limits import Limits
 from nz_core.schema import api_keys, audit_log, budget_usage
-from nz_proxy.audit import AuditRow, AuditWriter, encode_row
-from nz_proxy.maintenance import reap_once
 from nz_proxy.admission.stores import Settled
 from nz_proxy.admission.stores.redis import RedisStore
+from nz_proxy.audit import AuditRow, AuditWriter, encode_row
+from nz_proxy.maintenance import reap_once
 from tests import services
 from tests.proxy.test_state import Clock
 

@@ -341,3 +341,27 @@ async def test_a_warning_deep_in_the_stream_carries_the_request_id(
         assert warning["key_prefix"] == gw.key[:12]
         line = next(e for e in logs if e["event"] == "request")
         assert (line["request_id"], line["status"]) == ("trace-me-42", 502)
+
+
+# -- background jobs ---------------------------------------------------------------------
+
+
+async def test_every_background_job_steps_and_readiness_stays_ok(
+    storage: dict[str, Any], tmp_path: Path
+) -> None:
+    """Each supervised job (reaper, sweeper, renewal, replay, revocation, discovery,
+    audit) takes a step of its own without crashing: a job wired with the wrong
+    arguments would be reported "failing" by /readyz only after three of its periods."""
+    async with (
+        FakeBackend(streaming(["a"]), answers_tags=True) as backend,
+        gateway(backend.url, tmp_path, **storage) as gw,
+    ):
+        for job in gw.gateway.jobs:
+            if job.interruptible:
+                continue  # a LISTEN session: its step waits for notifications
+            pause = await job.step()
+            assert pause > 0, job.name
+        assert {job.name for job in gw.gateway.jobs} >= {"sweeper", "lease-renewal", "revocation"}
+        ready = await call(gw.app, "GET", "/readyz")
+        assert ready.status == 200, ready.body
+        assert ready.json()["checks"]["background"] == "ok"

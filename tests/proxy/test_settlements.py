@@ -17,11 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from nz_core.budgets import Period
 from nz_core.limiter import Ask, BudgetLine
 from nz_core.limits import Limits
-from nz_proxy.audit import AuditWriter, encode_row
-from nz_proxy.maintenance import reap_once
 from nz_proxy.admission.backlog import Backlog, Gate, Owed
 from nz_proxy.admission.stores import Settled
 from nz_proxy.admission.stores.redis import RedisStore
+from nz_proxy.audit import AuditWriter, encode_row
+from nz_proxy.maintenance import reap_once
 from tests.proxy.test_journal import UTC_ZONE, key, row, store, written
 from tests.proxy.test_state import Clock
 

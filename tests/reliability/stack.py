@@ -280,7 +280,10 @@ def wait_healthy(url: str, timeout: float = 30.0) -> None:
             if httpx.get(url + "/readyz", timeout=2).status_code == 200:
                 return
         time.sleep(0.1)
-    raise RuntimeError(f"{url} not ready after {timeout}s")
+    last = ""
+    with contextlib.suppress(httpx.HTTPError):
+        last = httpx.get(url + "/readyz", timeout=2).text
+    raise RuntimeError(f"{url} not ready after {timeout}s: {last}")
 
 
 async def settle_time() -> None:

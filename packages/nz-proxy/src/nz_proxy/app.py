@@ -136,7 +136,11 @@ def build_gateway(settings: Settings, *, upstream: Upstream | None = None) -> Ga
     ]
     if redis is not None:
         jobs.append(
-            Job("reaper", partial(reap_step, store, audit, lease_s), first_after=lease_s / 2)
+            Job(
+                "reaper",
+                partial(reap_step, store, audit, lease_s, settings.audit_journal_grace_s),
+                first_after=lease_s / 2,
+            )
         )
         jobs.append(Job("settlement-replay", governor.backlog.step))
     if is_sqlite(settings.database_url):
