@@ -20,7 +20,7 @@ from nz_core.limits import Limits
 from nz_proxy.admission.backlog import Backlog, Gate, Owed
 from nz_proxy.admission.stores import Settled
 from nz_proxy.admission.stores.redis import RedisStore
-from nz_proxy.audit import AuditWriter, encode_row
+from nz_proxy.audit import AuditWriter, decode_row, encode_row
 from nz_proxy.maintenance import reap_once
 from tests.proxy.test_journal import UTC_ZONE, key, row, store, written
 from tests.proxy.test_state import Clock
@@ -214,3 +214,51 @@ async def test_a_rebuild_waits_for_settlements_in_flight_and_holds_new_ones() ->
     finish.set()
     await asyncio.gather(first, rebuilding, late)
     assert events == ["first in", "first out", "rebuild in", "rebuild out", "late in", "late out"]
+
+
+async def test_a_rebuild_waits_for_a_row_another_process_settled_after_redis_lost_it(
+    store: tuple[RedisStore, Clock], key: tuple[AsyncEngine, int, str]
+) -> None:
+    live, clock = store
+    engine, key_id, prefix = key
+    await live.seed(prefix, DAY.counter, 0, DAY.ttl_ms)
+    rid = uuid.uuid4().hex
+    request = await admitted(live, key_id, prefix, rid)
+    await live.redis.flushdb()  # Redis restarted empty under a running request
+    final = encode_row(row(key_id, prefix, rid, status=200, tokens_out=12))
+    # Process A settles it: the reservation is gone, so its row goes to A's buffer.
+    assert await live.settle(prefix, request, 52, final, clock.now) is Settled.UNKNOWN
+    audit = AuditWriter(engine, live, UTC_ZONE, capacity=100)
+    audit.record(decode_row(final), release=True)
+    # Process B would rebuild from a ledger that does not hold the row yet: it waits.
+    assert await live.ledger_epoch(prefix) is None
+    assert await audit.flush()
+    epoch = await live.ledger_epoch(prefix)
+    assert epoch is not None
+    _, ledger = await written(engine, prefix)
+    assert ledger == 52
+    assert await live.seed(prefix, DAY.counter, ledger, DAY.ttl_ms, epoch)
+    assert await counter(live, prefix) == 52
+
+
+async def test_a_rebuild_that_read_the_ledger_before_a_marked_row_landed_reads_again(
+    store: tuple[RedisStore, Clock], key: tuple[AsyncEngine, int, str]
+) -> None:
+    live, clock = store
+    engine, key_id, prefix = key
+    await live.seed(prefix, DAY.counter, 0, DAY.ttl_ms)
+    rid = uuid.uuid4().hex
+    request = await admitted(live, key_id, prefix, rid)
+    await live.redis.flushdb()
+    stale = await live.ledger_epoch(prefix)  # B reads the epoch, then the ledger (0)...
+    assert stale is not None
+    final = encode_row(row(key_id, prefix, rid, status=200, tokens_out=12))
+    assert await live.settle(prefix, request, 52, final, clock.now) is Settled.UNKNOWN
+    audit = AuditWriter(engine, live, UTC_ZONE, capacity=100)
+    audit.record(decode_row(final), release=True)
+    assert await audit.flush()  # ...while A's row lands: B's reading is stale.
+    assert not await live.seed(prefix, DAY.counter, 0, DAY.ttl_ms, stale)
+    fresh = await live.ledger_epoch(prefix)
+    assert fresh is not None and fresh != stale
+    assert await live.seed(prefix, DAY.counter, 52, DAY.ttl_ms, fresh)
+    assert await counter(live, prefix) == 52

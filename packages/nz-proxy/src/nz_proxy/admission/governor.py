@@ -12,6 +12,7 @@ running are renewed in one batch every third of the lease time.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -40,6 +41,10 @@ log = structlog.get_logger("nz_proxy.admission.governor")
 
 # A budget counter outlives its period by a day, so late settlements still find it.
 COUNTER_GRACE_MS: Final = 86_400_000
+# A rebuild waits this long at most for rows other processes have yet to write (a flush
+# takes 0.2 s; a process that died holding one lets its mark expire after 5 s).
+REBUILD_WAIT_S: Final = 2.0
+REBUILD_RETRY_S: Final = 0.02
 
 
 def duration(ms: int) -> str:
@@ -169,22 +174,40 @@ class Governor:
 
     async def _rebuild(self, policy: KeyPolicy, line: BudgetLine, now: datetime) -> None:
         """A counter the store lost or never had: the ledger, plus what this process
-        has not written to it yet."""
+        has not written to it yet. Rows other processes settled after Redis lost the
+        counter are marked in the store until they reach the ledger; the rebuild waits
+        for them (they land within a flush) and reads the ledger again if one landed
+        while it read."""
         start, _ = self.calendar.bounds(line.period, now)
-        async with self.gate.rebuild():
-            async with self.audit.flushing:
-                try:
-                    tokens = await period_tokens(self.engine, policy.key_id, line.period, start)
-                except DatabaseUnreachable:
-                    raise GatewayUnavailable("database") from None
-                tokens += self.audit.pending_tokens(policy.key_id, line.period, start)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REBUILD_WAIT_S
+        while True:
             try:
-                await self.store.seed(policy.prefix, line.counter, tokens, line.ttl_ms)
+                epoch = await self.store.ledger_epoch(policy.prefix)
+                if epoch is not None:
+                    async with self.gate.rebuild():
+                        tokens = await self._ledger(policy, line, start)
+                        if await self.store.seed(
+                            policy.prefix, line.counter, tokens, line.ttl_ms, epoch
+                        ):
+                            break
             except RedisError as exc:
                 raise GatewayUnavailable(f"redis: {type(exc).__name__}") from None
+            if loop.time() >= deadline:
+                raise GatewayUnavailable("budget counters: rows not on the ledger yet")
+            await asyncio.sleep(REBUILD_RETRY_S)
         log.info(
             "budget_counter_rebuilt", key_prefix=policy.prefix, period=line.period, tokens=tokens
         )
+
+    async def _ledger(self, policy: KeyPolicy, line: BudgetLine, start: datetime) -> int:
+        """The period's tokens on the ledger and in this process's audit buffer."""
+        async with self.audit.flushing:
+            try:
+                tokens = await period_tokens(self.engine, policy.key_id, line.period, start)
+            except DatabaseUnreachable:
+                raise GatewayUnavailable("database") from None
+            return tokens + self.audit.pending_tokens(policy.key_id, line.period, start)
 
     def _refusal(
         self, decision: Decision, headers: list[tuple[bytes, bytes]], now: datetime
@@ -235,7 +258,8 @@ class Governor:
             if outcome is Settled.UNKNOWN and journal:
                 # Redis lost the reservation. No counter rebuilt from here on may miss
                 # this row: it goes to the audit buffer before the gate opens.
-                self.audit.record(decode_row(journal), release=False)
+                # Once written, its unledgered mark is released (settle.lua).
+                self.audit.record(decode_row(journal), release=True)
         return outcome
 
     async def close(self) -> None:

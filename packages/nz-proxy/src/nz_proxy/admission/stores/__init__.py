@@ -69,8 +69,19 @@ class StateStore(Protocol):
         """Extend the leases of requests still running (long streams)."""
         ...
 
-    async def seed(self, prefix: str, counter: str, tokens: int, ttl_ms: int) -> None:
-        """Set a budget counter that is unknown (rebuilt from the ledger)."""
+    async def ledger_epoch(self, prefix: str) -> str | None:
+        """Read before a counter is rebuilt from the ledger: ``None`` while a row some
+        process settled is not on the ledger yet (the rebuild would miss it), else the
+        epoch to hand to :meth:`seed`."""
+        ...
+
+    async def seed(
+        self, prefix: str, counter: str, tokens: int, ttl_ms: int, epoch: str | None = None
+    ) -> bool:
+        """Set a budget counter that is unknown (rebuilt from the ledger); a known one
+        wins. False when ``epoch`` (from :meth:`ledger_epoch`, read before the ledger)
+        is stale: a row landed on the ledger meanwhile, so read it again. ``None``
+        checks nothing (a counter set by hand)."""
         ...
 
     async def reap(self, grace_ms: int) -> list[JournalEntry]:

@@ -53,8 +53,14 @@ class MemoryStore:
         for prefix, ask in leases:
             self._key(prefix).renew(ask.rid, now, ask.lease_ms)
 
-    async def seed(self, prefix: str, counter: str, tokens: int, ttl_ms: int) -> None:
+    async def ledger_epoch(self, prefix: str) -> str | None:
+        return ""  # one process: its own rows are all the rebuild has to count
+
+    async def seed(
+        self, prefix: str, counter: str, tokens: int, ttl_ms: int, epoch: str | None = None
+    ) -> bool:
         self._key(prefix).seed(counter, tokens)
+        return True
 
     async def reap(self, grace_ms: int) -> list[JournalEntry]:
         # One process, no journal: a reservation outlives its lease only if its request

@@ -48,6 +48,17 @@ def rebuilt_key(prefix: str, counter: str) -> str:
     return f"gw:{{{prefix}}}:rebuilt:{counter}"
 
 
+def unledgered_key(prefix: str) -> str:
+    """Requests settled while their counters were lost, whose rows are not on the ledger
+    yet: a counter rebuilt from the ledger now would miss them."""
+    return f"gw:{{{prefix}}}:unledgered"
+
+
+def epoch_key(prefix: str) -> str:
+    """Moves whenever a marked row lands on the ledger."""
+    return f"gw:{{{prefix}}}:ledger-epoch"
+
+
 def _prefix_of(journal_key: str) -> str:
     return journal_key[journal_key.index("{") + 1 : journal_key.index("}")]
 
@@ -74,6 +85,7 @@ class RedisStore:
         self._renew = _script(redis, "renew")
         self._seed = _script(redis, "seed")
         self._reap = _script(redis, "reap")
+        self._release = _script(redis, "release")
         self._calls = ScriptPipeline(redis, deadline_s)
 
     def _now(self) -> str:
@@ -141,7 +153,7 @@ class RedisStore:
         self, prefix: str, ask: Ask, tokens: int, journal: bytes, admitted_ms: int | None = None
     ) -> Settled:
         _, tpm_key, lease_key, journal_key = key_names(prefix)
-        keys = [tpm_key, lease_key, journal_key]
+        keys = [tpm_key, lease_key, journal_key, unledgered_key(prefix)]
         keys += [counter_key(prefix, b.counter) for b in ask.budgets]
         keys += [rebuilt_key(prefix, b.counter) for b in ask.budgets]
         args: list[str | int | bytes] = [
@@ -164,9 +176,24 @@ class RedisStore:
                 await self._renew(keys=[key_names(prefix)[2]], args=args, client=pipe)
             await pipe.execute()
 
-    async def seed(self, prefix: str, counter: str, tokens: int, ttl_ms: int) -> None:
-        keys = [counter_key(prefix, counter), rebuilt_key(prefix, counter)]
-        await self._seed(keys=keys, args=[tokens, ttl_ms, self._now()])
+    async def ledger_epoch(self, prefix: str) -> str | None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(unledgered_key(prefix))
+            pipe.get(epoch_key(prefix))
+            marked, epoch = await pipe.execute()
+        return None if marked else _text(epoch or b"")
+
+    async def seed(
+        self, prefix: str, counter: str, tokens: int, ttl_ms: int, epoch: str | None = None
+    ) -> bool:
+        keys = [
+            counter_key(prefix, counter),
+            rebuilt_key(prefix, counter),
+            unledgered_key(prefix),
+            epoch_key(prefix),
+        ]
+        args: list[str | int] = [tokens, ttl_ms, self._now(), "-" if epoch is None else epoch]
+        return int(await self._seed(keys=keys, args=args)) >= 0
 
     async def reap(self, grace_ms: int) -> list[JournalEntry]:
         found: list[JournalEntry] = []
@@ -188,7 +215,8 @@ class RedisStore:
             by_prefix.setdefault(prefix, []).append(rid)
         async with self.redis.pipeline(transaction=False) as pipe:
             for prefix, rids in by_prefix.items():
-                pipe.hdel(key_names(prefix)[3], *rids)
+                keys = [key_names(prefix)[3], unledgered_key(prefix), epoch_key(prefix)]
+                await self._release(keys=keys, args=rids, client=pipe)
             await pipe.execute()
 
     async def ping(self) -> None:

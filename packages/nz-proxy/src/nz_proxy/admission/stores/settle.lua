@@ -1,28 +1,39 @@
 -- Settle one admitted request: its reservation is replaced by the tokens it used,
 -- exactly once (SPEC §4.4). Mirrors nz_core.limiter.KeyState.settle.
 --
--- KEYS: 1 token window, 2 leases, 3 journal, then the n budget counters it was
---       admitted on, then their n rebuild times
+-- KEYS: 1 token window, 2 leases, 3 journal, 4 rows not on the ledger yet, then the n
+--       budget counters it was admitted on, then their n rebuild times
 -- ARGV: 1 rid, 2 now ms ('' = Redis TIME), 3 tokens used, 4 token window kept (0|1),
 --       5 audit row to journal ('' = none), 6 admitted at ms ('' = unknown)
 -- Returns 1 settled, 2 abandoned (its lease ran out and it was reaped), 0 unknown.
 local BUCKET, BUCKETS = 10000, 6
+-- A mark outlives a process that died before writing its row by this long at most.
+local UNLEDGERED_MS = 5000
 local rid = ARGV[1]
-local n = (#KEYS - 3) / 2
+local n = (#KEYS - 4) / 2
 redis.call('ZREM', KEYS[2], rid)
 local entry = redis.call('HGET', KEYS[3], rid)
 if not entry then
   -- Its reservation was lost (Redis lost its state). A counter rebuilt from the
   -- ledger since it was admitted cannot have counted it (its row is written only
   -- after this), so the tokens it used are added there.
-  if ARGV[6] ~= '' then
-    local admitted = tonumber(ARGV[6])
-    for i = 4, 3 + n do
+  -- A counter not rebuilt yet will be, from the ledger, which does not have this
+  -- request until its row is written (by this process, maybe after another process
+  -- rebuilds): the row is marked unledgered until then, and rebuilds wait for it.
+  local unledgered = false
+  for i = 5, 4 + n do
+    if redis.call('EXISTS', KEYS[i]) == 0 then
+      unledgered = true
+    elseif ARGV[6] ~= '' then
       local rebuilt = redis.call('GET', KEYS[i + n])
-      if rebuilt and tonumber(rebuilt) > admitted and redis.call('EXISTS', KEYS[i]) == 1 then
+      if rebuilt and tonumber(rebuilt) > tonumber(ARGV[6]) then
         redis.call('INCRBY', KEYS[i], ARGV[3])
       end
     end
+  end
+  if unledgered and ARGV[5] ~= '' then
+    redis.call('HSET', KEYS[4], rid, 1)
+    redis.call('PEXPIRE', KEYS[4], UNLEDGERED_MS)
   end
   return 0
 end
@@ -43,7 +54,7 @@ local reserved = tonumber(string.sub(entry, 3, first - 1))
 local bucket = string.sub(entry, first + 1, second - 1)
 local used = tonumber(ARGV[3])
 local delta = used - reserved
-for i = 4, 3 + n do
+for i = 5, 4 + n do
   if redis.call('EXISTS', KEYS[i]) == 1 then
     if redis.call('INCRBY', KEYS[i], delta) < 0 then
       redis.call('SET', KEYS[i], 0, 'KEEPTTL')
