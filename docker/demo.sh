@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The compose demo in one command (SPEC §12.1): PostgreSQL, Redis, the mock Ollama and the
+# The compose demo in one command: PostgreSQL, Redis, the mock Ollama and the
 # gateway from docker-compose.demo.yml, a demo tenant that may use every model, a fresh
 # API key, and five curl commands to paste.
 #
@@ -79,7 +79,7 @@ up() {
     key="${key//[[:space:]]/}"
     [[ $key =~ ^nz_[0-9A-Za-z]{52}$ ]] || die "unexpected output from create-key: '$key'"
 
-    # The curls below need the gateway to have discovered the mock's models (SPEC §4.6).
+    # The curls below need the gateway to have discovered the mock's models.
     local models
     deadline=$((SECONDS + 30))
     while true; do

@@ -58,7 +58,8 @@ def tags(models: tuple[str, ...] = MODELS) -> web.Response:
 
 class FakeBackend:
     """A backend whose every request goes to ``handler`` (``/api/tags`` answers the
-    model list unless the handler is asked for it too). ``received`` keeps what came."""
+    model list and ``/api/ps`` nothing loaded, unless the handler is asked for them
+    too). ``received`` keeps what came."""
 
     def __init__(self, handler: Handler, *, answers_tags: bool = False) -> None:
         self.handler = handler
@@ -70,6 +71,8 @@ class FakeBackend:
         body = await request.read()
         if request.path == "/api/tags" and not self.answers_tags:
             return tags()
+        if request.path == "/api/ps" and not self.answers_tags:
+            return web.json_response({"models": []})  # residency polls: nothing loaded
         self.received.append((request.method, request.path, body))
         return await self.handler(request)
 
@@ -125,6 +128,12 @@ class Running:
     @property
     def auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.key}"}
+
+    @property
+    def breaker(self) -> CircuitBreaker:
+        """The circuit breaker of the one backend node."""
+        (backend,) = self.gateway.fleet.backends.values()
+        return backend.upstream.breaker
 
     async def new_key(self, *, limits: Limits | None = None, **budgets: int) -> str:
         engine = self.gateway.engine

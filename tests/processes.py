@@ -14,7 +14,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +87,72 @@ def run_mock(log_dir: Path, *args: str) -> Iterator[MockProcess]:
     try:
         url = wait_for_url(process, log)
         yield MockProcess(url, process, log)
+    finally:
+        stop_process(process)
+
+
+#: What the three nodes of `run_mock_nodes` have installed: every chat model is on two
+#: nodes of three and missing from the third, so routing among warm and cold nodes and
+#: around a node that lacks the model can all be set up.
+THREE_NODE_CATALOGUES: tuple[tuple[str, ...], ...] = (
+    ("llama3.2:latest", "qwen2.5:7b", "all-minilm:latest"),
+    ("llama3.2:latest", "mistral:latest", "all-minilm:latest"),
+    ("qwen2.5:7b", "mistral:latest", "nomic-embed-text:latest"),
+)
+
+
+@dataclass(frozen=True)
+class MockNodes:
+    """Several mock Ollama nodes served by one process, each with its own state: their
+    base URLs in the order of their catalogues."""
+
+    urls: tuple[str, ...]
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def stderr(self) -> str:
+        return self.log.read_text()
+
+
+def wait_for_urls(
+    process: subprocess.Popen[bytes], log: Path, count: int, timeout: float = 15.0
+) -> tuple[str, ...]:
+    """Read `count` startup lines from the log and return the URLs they name, in order."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = _LISTENING.findall(log.read_text())
+        if len(found) >= count:
+            return tuple(found[:count])
+        if process.poll() is not None:
+            raise RuntimeError(f"mock exited with {process.returncode}: {log.read_text()}")
+        time.sleep(0.02)
+    raise RuntimeError(f"mock did not start {count} nodes in {timeout}s: {log.read_text()}")
+
+
+@contextmanager
+def run_mock_nodes(
+    log_dir: Path,
+    *args: str,
+    catalogues: Sequence[Sequence[str]] = THREE_NODE_CATALOGUES,
+) -> Iterator[MockNodes]:
+    """Start one `nz-mock-ollama` serving a node per catalogue, each on a free port;
+    `args` are further flags (once for every node, or once per node in order, e.g.
+    `"--parallel", "1", "--parallel", "2", "--parallel", "1"`)."""
+    log = log_dir / f"mock-nodes-{time.monotonic_ns()}.log"
+    nodes = [
+        flag for models in catalogues for flag in ("--port", "0", "--models", ",".join(models))
+    ]
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            mock_command(*nodes, *args),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=sink,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+    try:
+        urls = wait_for_urls(process, log, len(catalogues))
+        yield MockNodes(urls, process, log)
     finally:
         stop_process(process)
 

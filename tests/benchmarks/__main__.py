@@ -1,4 +1,4 @@
-"""``uv run python -m tests.benchmarks``: run the whole benchmark and publish it.
+"""``uv run --all-groups python -m tests.benchmarks``: run the whole benchmark and publish it.
 
 Writes ``docs/assets/benchmarks/results.json`` (the raw run) and ``latency.png``, and
 replaces the results section of ``docs/benchmarks.md``. ``--quick`` is a short run for
@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
         "--render", type=Path, metavar="JSON", help="only render an earlier run's JSON"
     )
     args = parser.parse_args(argv)
-    command = "uv run python -m tests.benchmarks " + " ".join(
+    command = "uv run --all-groups python -m tests.benchmarks " + " ".join(
         sys.argv[1:] if argv is None else argv
     )
     if args.render:

@@ -34,7 +34,8 @@ def test_the_choice_follows_the_rule(candidates: list[Node], rng: random.Random)
     free_warm = [node for node in warm if node.free]
     if free_warm:
         assert choice.reason is Reason.WARM
-        assert choice.node.resident and choice.node.free
+        assert choice.node.resident
+        assert choice.node.free
         costs = sorted((node.in_flight + 1) * node.ttfb_s for node in free_warm)
         if len(costs) > 1 and costs[-1] > costs[-2]:  # two choices never take the worst
             assert (choice.node.in_flight + 1) * choice.node.ttfb_s < costs[-1]
@@ -42,14 +43,23 @@ def test_the_choice_follows_the_rule(candidates: list[Node], rng: random.Random)
         assert choice.reason in (Reason.QUEUE, Reason.SPILL)
         soonest = min(node.wait_s for node in warm)
         if choice.reason is Reason.SPILL:
-            assert not choice.node.resident and choice.node.free and not choice.node.loading
+            assert not choice.node.resident
+            assert choice.node.free
+            assert not choice.node.loading
             assert soonest > choice.node.load_s * SPILL_MARGIN
         else:
-            assert choice.node.resident and choice.node.wait_s == soonest
+            assert choice.node.resident
+            assert choice.node.wait_s == soonest
     else:
         assert choice.reason in (Reason.JOIN, Reason.COLD)
         if any(node.loading for node in candidates):
-            assert choice.reason is Reason.JOIN and choice.node.loading
+            assert choice.reason is Reason.JOIN
+            assert choice.node.loading
+
+
+def decided(candidates: list[Node]) -> tuple[str, Reason] | None:
+    choice = route(candidates)
+    return None if choice is None else (choice.node.name, choice.reason)
 
 
 def test_a_warm_node_takes_every_sequential_request() -> None:
@@ -57,29 +67,25 @@ def test_a_warm_node_takes_every_sequential_request() -> None:
     cold = Node("b", parallel=1, in_flight=0, resident=False, load_s=2.0)
     rng = random.Random(7)
     choices = [route([cold, warm], rng) for _ in range(50)]
-    assert all(c is not None and c.node.name == "a" and c.reason is Reason.WARM for c in choices)
+    assert [(c.node.name, c.reason) for c in choices if c is not None] == [("a", Reason.WARM)] * 50
 
 
 def test_a_full_warm_node_spills_over_only_when_waiting_costs_more_than_a_load() -> None:
     cold = Node("b", parallel=1, in_flight=0, resident=False, load_s=2.0)
     short = Node("a", parallel=1, in_flight=1, resident=True, busy_s=1.0)  # waits 1 s
-    choice = route([short, cold])
-    assert choice is not None and (choice.node.name, choice.reason) == ("a", Reason.QUEUE)
+    assert decided([short, cold]) == ("a", Reason.QUEUE)
     long = Node("a", parallel=1, in_flight=3, resident=True, busy_s=2.0)  # waits 6 s
-    choice = route([long, cold])
-    assert choice is not None and (choice.node.name, choice.reason) == ("b", Reason.SPILL)
+    assert decided([long, cold]) == ("b", Reason.SPILL)
     loading = Node("b", parallel=2, in_flight=1, resident=False, loading=True, load_s=2.0)
-    choice = route([long, loading])  # one load of the model at a time per node
-    assert choice is not None and (choice.node.name, choice.reason) == ("a", Reason.QUEUE)
+    # One load of the model at a time per node.
+    assert decided([long, loading]) == ("a", Reason.QUEUE)
 
 
 def test_with_nothing_warm_a_running_load_is_joined() -> None:
     idle = Node("a", parallel=1, in_flight=0, resident=False)
     loading = Node("b", parallel=2, in_flight=1, resident=False, loading=True)
-    choice = route([idle, loading])
-    assert choice is not None and (choice.node.name, choice.reason) == ("b", Reason.JOIN)
-    choice = route([idle, Node("c", parallel=1, in_flight=1, resident=False)])
-    assert choice is not None and (choice.node.name, choice.reason) == ("a", Reason.COLD)
+    assert decided([idle, loading]) == ("b", Reason.JOIN)
+    assert decided([idle, Node("c", parallel=1, in_flight=1, resident=False)]) == ("a", Reason.COLD)
 
 
 def test_the_wait_counts_the_requests_ahead_per_slot() -> None:

@@ -5,7 +5,7 @@ in both storage modes: embedded (SQLite, in-process state) and production
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,16 @@ from nz_core.keys import TEST_HASH_PROFILE, KeyHasher
 from nz_core.limits import Limits
 from nz_core.scopes import ALL_SCOPES, Scope
 from tests import services
-from tests.processes import GatewayProcess, MockProcess, free_port, run_mock, running_gateway
+from tests.processes import (
+    THREE_NODE_CATALOGUES,
+    GatewayProcess,
+    MockNodes,
+    MockProcess,
+    free_port,
+    run_mock,
+    run_mock_nodes,
+    running_gateway,
+)
 
 HASHER = KeyHasher(TEST_HASH_PROFILE)
 NO_LIMITS = Limits()
@@ -96,6 +105,24 @@ def e2e_mock(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MockProcess]:
         tmp_path_factory.mktemp("e2e-mock"), "--token-rate", "0", "--response-tokens", "12"
     ) as mock:
         yield mock
+
+
+MockNodesFactory = Callable[..., MockNodes]
+
+
+@pytest.fixture
+def mock_nodes(tmp_path: Path) -> Iterator[MockNodesFactory]:
+    """Start three mock Ollama nodes in one process, with `THREE_NODE_CATALOGUES` unless
+    told otherwise: `mock_nodes("--parallel", "1", "--load-delay", "2")`. Each node has its
+    own state and control API (`/_mock/node`, `/_mock/stats`); all stop after the test."""
+    with ExitStack() as stack:
+
+        def start(
+            *args: str, catalogues: Sequence[Sequence[str]] = THREE_NODE_CATALOGUES
+        ) -> MockNodes:
+            return stack.enter_context(run_mock_nodes(tmp_path, *args, catalogues=catalogues))
+
+        yield start
 
 
 @pytest.fixture(scope="session")

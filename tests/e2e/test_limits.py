@@ -12,6 +12,7 @@ from nz_core import admin
 from nz_core.database import connect
 from nz_core.limits import Limits
 from nz_core.schema import api_keys, audit_log, budget_usage
+from nz_proxy.errors import wait_in_words
 from tests.e2e.conftest import Deployment, RigFactory
 
 CHAT = {"model": "llama3.2", "messages": [{"role": "user", "content": "hello"}]}
@@ -50,29 +51,39 @@ async def test_rpm_five_then_a_429_with_retry_after(deployment: Deployment) -> N
         assert "x-ratelimit-limit-tokens" not in response.headers  # tpm unlimited
         assert "x-budget-period" not in response.headers  # no budget
     refused = responses[-1]
-    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    wait = int(refused.headers["retry-after"])
+    assert 1 <= wait <= 60
     assert 0 < int(refused.headers["retry-after-ms"]) <= 60_000
     assert refused.json()["error"] == {
-        "message": refused.json()["error"]["message"],
+        "message": f"Request rate limit reached; retry in {wait} s.",
         "type": "rate_limit_exceeded",
         "param": None,
         "code": "rpm_exceeded",
     }
     native = post(deployment.url, key, {**CHAT, "stream": False}, "/api/chat")
     assert native.status_code == 429
-    assert set(native.json()) == {"error"}
+    # Ollama's flat shape: front-ends show this string alone, so it says when.
+    wait = int(native.headers["retry-after"])
+    assert native.json() == {"error": f"Request rate limit reached; retry in {wait} s."}
 
 
-async def test_listing_counts_towards_rpm_and_reports_budgets(deployment: Deployment) -> None:
+async def test_listing_spares_rpm_and_reports_budgets(deployment: Deployment) -> None:
+    """Listings spend the listing allowance (LISTING_RPM), not the key's rpm: a
+    front-end listing models on every page load leaves its messages their rpm."""
     key = await deployment.key(models=["llama3.2"], limits=Limits(rpm=2))
     await admin.set_budget(deployment.engine, key[:12], daily=5000)
     auth = {"Authorization": f"Bearer {key}"}
     assert post(deployment.url, key, {**CHAT, "max_tokens": 5}).status_code == 200
-    listed = httpx.get(deployment.url + "/v1/models", headers=auth)
-    assert listed.status_code == 200
-    assert listed.headers["x-budget-period"] == "day"
-    assert int(listed.headers["x-budget-tokens-remaining"]) < 5000
-    assert httpx.get(deployment.url + "/api/tags", headers=auth).status_code == 429
+    for path in ("/v1/models", "/api/tags", "/api/ps", "/api/version"):
+        listed = httpx.get(deployment.url + path, headers=auth)
+        assert listed.status_code == 200, path
+        assert listed.headers["x-budget-period"] == "day"
+        assert int(listed.headers["x-budget-tokens-remaining"]) < 5000
+        assert "x-ratelimit-remaining-requests" not in listed.headers  # not counted there
+    second = post(deployment.url, key, {**CHAT, "max_tokens": 5})
+    assert second.status_code == 200
+    assert second.headers["x-ratelimit-remaining-requests"] == "0"
+    assert post(deployment.url, key, CHAT).status_code == 429
 
 
 async def test_budget_holds_under_a_concurrent_burst(deployment: Deployment) -> None:
@@ -123,9 +134,16 @@ async def test_budget_exhausted_says_when_it_resets(deployment: Deployment) -> N
     assert 1 <= int(refused.headers["retry-after"]) <= 86_400  # until midnight
     total = await deployment.key(models=["llama3.2"])
     await admin.set_budget(deployment.engine, total[:12], total=10)
+    wait = wait_in_words(int(refused.headers["retry-after-ms"]))
+    assert refused.json()["error"]["message"] == (
+        f"Token budget exhausted for period 'day'; retry in {wait}, when it resets."
+    )
     forever = post(deployment.url, total, CHAT)
     assert forever.status_code == 429
     assert "retry-after" not in forever.headers  # a total budget never resets
+    assert forever.json()["error"]["message"] == (
+        "Token budget exhausted for period 'total', which never resets; ask for a larger budget."
+    )
 
 
 async def test_explicit_caps_must_fit_the_budget(deployment: Deployment) -> None:
@@ -170,7 +188,9 @@ async def test_token_window(deployment: Deployment) -> None:
     assert refused
     assert responses.index(refused[0]) >= 2
     assert refused[0].json()["error"]["code"] == "tpm_exceeded"
-    assert 1 <= int(refused[0].headers["retry-after"]) <= 60
+    wait = int(refused[0].headers["retry-after"])
+    assert 1 <= wait <= 60
+    assert refused[0].json()["error"]["message"] == f"Token rate limit reached; retry in {wait} s."
     assert refused[0].headers["x-ratelimit-remaining-tokens"] == "0"
 
 
@@ -186,7 +206,8 @@ async def test_refusals_and_listings_carry_the_headers(deployment: Deployment) -
     assert refused.status_code == 429
     assert refused.json()["error"]["code"] == "budget_exhausted"
     assert refused.headers["x-budget-tokens-remaining"] == "10"
-    assert refused.headers["x-ratelimit-remaining-requests"] == "99"  # the listing; not itself
+    # Neither the listing nor the refused request was counted against rpm.
+    assert refused.headers["x-ratelimit-remaining-requests"] == "100"
     assert refused.headers["x-ratelimit-remaining-tokens"] == "100000"
 
 

@@ -10,8 +10,10 @@ import time
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
+from typing import Any
 
 import httpx
+import openai
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -260,3 +262,59 @@ async def test_sigterm_finishes_streams_and_audits_every_request(
     statuses, audited, ledger = await accounting(deployment.engine, key, 9)
     assert statuses == [200] * 6 + [429] * 3
     assert audited == ledger > 0
+
+
+# -- a dead backend and the clients that retry (issue 15) -----------------------------------
+
+
+def sdk_with_defaults(url: str, key: str, seen: list[Any]) -> openai.OpenAI:
+    """The `openai` SDK as applications build it (2 retries, honouring Retry-After up
+    to a minute or two), with every response it receives noted."""
+    http = openai.DefaultHttpxClient(event_hooks={"response": [seen.append]})
+    return openai.OpenAI(base_url=url + "/v1", api_key=key, http_client=http)
+
+
+@pytest.mark.parametrize("deployment", ["embedded"], indirect=True)
+def test_the_openai_sdk_gives_up_on_a_dead_backend_within_seconds(rig: RigFactory) -> None:
+    """Discovery never reached the backend. With the default refresh interval (60 s) the
+    502 once said `Retry-After: 60`, and the SDK waited twice: two minutes. It says
+    when discovery looks again (every 2 s while the backend is silent)."""
+    r = rig(dead_backend=True, MODEL_DISCOVERY_REFRESH_S="60", MODEL_DISCOVERY_CACHE_TTL_S="180")
+    seen: list[Any] = []
+    started = time.monotonic()
+    with (
+        sdk_with_defaults(r.gateway.url, r.key, seen) as sdk,
+        pytest.raises(openai.InternalServerError) as failed,
+    ):
+        sdk.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    elapsed = time.monotonic() - started
+    assert elapsed < 15, f"the SDK gave up after {elapsed:.1f} s"
+    assert [response.status_code for response in seen] == [502] * 3  # two retries
+    for response in seen:
+        assert int(response.headers["retry-after-ms"]) <= 2100
+        assert int(response.headers["retry-after"]) <= 3
+    assert failed.value.code == "upstream_unavailable"
+
+
+@pytest.mark.parametrize("deployment", ["embedded"], indirect=True)
+def test_an_open_circuit_says_how_long_it_stays_open(rig: RigFactory) -> None:
+    """The backend dies after discovery: five refused connections open the circuit, and
+    its 502 says the time left until the probe, which the SDK waits, not a fixed 60 s."""
+    r = rig("--token-rate", "0", CIRCUIT_BREAKER_FAILURES="5", CIRCUIT_BREAKER_RESET_S="6")
+    assert r.post("/api/chat", {**CHAT, "stream": False}).status_code == 200
+    r.faults(refuse_connections_s=60)
+    for _ in range(5):
+        assert r.post("/api/chat", {**CHAT, "stream": False}).status_code == 502
+    opened_at = time.monotonic()
+    seen: list[Any] = []
+    with (
+        sdk_with_defaults(r.gateway.url, r.key, seen) as sdk,
+        pytest.raises(openai.InternalServerError),
+    ):
+        sdk.chat.completions.create(**CHAT)  # type: ignore[call-overload]
+    elapsed = time.monotonic() - opened_at
+    first = int(seen[0].headers["retry-after-ms"])
+    assert 4000 <= first <= 6000  # what is left of the 6 s
+    assert "retry-after" not in seen[1].headers  # the probe, refused by the node itself
+    assert int(seen[2].headers["retry-after-ms"]) > 4000  # the failed probe reopened it
+    assert first / 1000 <= elapsed < 15, f"the SDK gave up after {elapsed:.1f} s"

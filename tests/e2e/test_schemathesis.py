@@ -7,7 +7,8 @@ a documented status, media type and, for JSON, body shape; never a 5xx.
 The document is the gateway's, with three changes a schema cannot make for itself: the
 `model` of every body (and the path) names a model the mock serves, since any other name
 is the documented 403; and two rules that depend on the model or on more than a pattern
-are kept by :func:`_within_what_the_backend_takes`.
+are kept by :func:`_within_what_the_backend_takes`. A request's choices stay within the
+`MAX_CHOICES` setting (:func:`_within_the_choices`).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from schemathesis.schemas import BaseSchema
 from nz_core.database import connect
 from nz_core.schema import audit_log
 from nz_proxy.openapi import openapi_document
+from nz_proxy.settings import Settings
 from tests.e2e.conftest import Deployment, unique
 
 CHAT_MODEL: Final = "qwen3:8b"  # the mock's thinking model, so `think` is valid
@@ -43,6 +45,7 @@ MODELS: Final = {
     "OllamaEmbeddingsRequest": EMBED_MODEL,
 }
 INT64_MAX: Final = 2**63 - 1
+MAX_CHOICES: Final = Settings().max_choices  # the gateway under test keeps the default
 MAX_EXAMPLES: Final = 10  # per operation and generation mode, in the fuzzing phase
 # The pattern `arguments` text must match; whether it decodes is only known by decoding.
 ARGUMENTS: Final = re.compile(r"[ \t\n\r]*\{[\s\S]*\}[ \t\n\r]*")
@@ -111,6 +114,20 @@ def _within_what_the_backend_takes(value: object, dimensions: int) -> None:
             _within_what_the_backend_takes(item, dimensions)
 
 
+def _within_the_choices(body: object) -> None:
+    """Keep a valid body's fan-out within ``MAX_CHOICES``: ``n`` times the prompts of a
+    batch is a setting's bound, which no schema states."""
+    if not isinstance(body, dict):
+        return
+    prompts = body.get("prompt")
+    if isinstance(prompts, list) and all(isinstance(p, str) for p in prompts):
+        body["prompt"] = prompts = prompts[:MAX_CHOICES]
+    batch = len(prompts) if isinstance(prompts, list) and prompts else 1
+    n = body.get("n")
+    if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 and batch * n > MAX_CHOICES:
+        body["n"] = MAX_CHOICES // batch
+
+
 @schemathesis.deserializer("application/x-ndjson")
 def _ndjson(_ctx: schemathesis.DeserializationContext, response: schemathesis.Response) -> Any:
     """Every line must be JSON; the last one (the final frame) is held to the schema."""
@@ -157,6 +174,7 @@ def _schema(url: str, key: str) -> BaseSchema:
     @schema.hook
     def map_case(context: schemathesis.HookContext, case: Case) -> Case:
         _within_what_the_backend_takes(case.body, dimensions)
+        _within_the_choices(case.body)
         # The two security schemes are alternatives: a request that presents both with
         # different keys is ambiguous and refused (SPEC §3), so a case carries one.
         if case.headers and "Authorization" in case.headers:

@@ -39,7 +39,7 @@ from nz_core.migrations import upgrade
 from nz_core.schema import api_keys, audit_log
 from nz_mock_ollama.cli import parse_args as parse_mock_args
 from nz_proxy.auth import MAX_WAITING_VERIFICATIONS, Authenticator, FailureLimiter
-from nz_proxy.errors import InvalidApiKey, VerificationBusy
+from nz_proxy.errors import InvalidApiKey, VerificationBusy, wait_in_words
 from nz_proxy.keycache import LocalKeyCache, MemorySharedCache, redis_key
 from nz_proxy.settings import load_settings
 from tests import services
@@ -507,8 +507,10 @@ async def test_failed_verifications_are_capped_before_argon2(
     assert {shape(a) for a in wrong if a.url.path == "/api/chat"} == {shape(ordinary)}
     openai_shaped = httpx.post(r.gateway.url + "/v1/chat/completions", json=CHAT)
     assert {shape(a) for a in wrong if a.url.path != "/api/chat"} == {shape(openai_shaped)}
-    assert {a.json()["error"] for a in busy} == {"Key verification is busy; retry later."}
-    assert all(1 <= int(a.headers["retry-after"]) <= 60 for a in busy)
+    for answer in busy:
+        assert 1 <= int(answer.headers["retry-after"]) <= 60
+        wait = wait_in_words(int(answer.headers["retry-after-ms"]))
+        assert answer.json()["error"] == f"Key verification is busy; retry in {wait}."
 
 
 async def test_a_verified_key_costs_argon2_once(deployment: Deployment) -> None:
@@ -957,15 +959,19 @@ async def test_a_key_sees_nothing_of_another_tenant(deployment: Deployment) -> N
     assert "mistral:latest" in {
         m["name"] for m in httpx.get(deployment.mock.url + "/api/ps").json()["models"]
     }
-    assert httpx.get(deployment.url + "/v1/models", headers=bearer(other)).status_code == 429
+    spent = httpx.post(
+        deployment.url + "/api/chat",
+        headers=bearer(other),
+        json={"model": "mistral", "messages": [{"role": "user", "content": "x"}]},
+    )
+    assert spent.status_code == 429
 
     answers: list[httpx.Response] = []
     with httpx.Client(base_url=deployment.url, headers=bearer(key), timeout=10) as client:
         first = client.get("/v1/models")
         answers.append(first)
-        # Our limits and our budget, untouched by theirs.
-        assert first.headers["x-ratelimit-limit-requests"] == "40"
-        assert first.headers["x-ratelimit-remaining-requests"] == "39"
+        # Our budget, untouched by theirs (a listing spends no rpm: no rpm headers).
+        assert "x-ratelimit-limit-requests" not in first.headers
         assert first.headers["x-budget-tokens-remaining"] == "100000"
         assert [m["id"] for m in first.json()["data"]] == ["llama3.2:latest", "all-minilm:latest"]
         tags = client.get("/api/tags")
@@ -985,7 +991,11 @@ async def test_a_key_sees_nothing_of_another_tenant(deployment: Deployment) -> N
             answers.append(
                 client.post("/v1/chat/completions", json={**CHAT, "model": model, "stream": True})
             )
-        answers.append(client.post("/v1/chat/completions", json=CHAT))
+        chat = client.post("/v1/chat/completions", json=CHAT)
+        # Our rpm, untouched by theirs: this is the first request it counts.
+        assert chat.headers["x-ratelimit-limit-requests"] == "40"
+        assert chat.headers["x-ratelimit-remaining-requests"] == "39"
+        answers.append(chat)
         answers.append(client.post("/api/generate", json={"model": "llama3.2", "prompt": "x"}))
         answers.append(client.get("/v1/nothing"))
         answers.append(client.post("/api/pull", json={"model": "mistral"}))

@@ -408,7 +408,7 @@ async def test_a_backlog_that_stops_draining_makes_readiness_say_so(
     gateway = build_gateway(settings)
     writer = gateway.audit
     writer.stall_after_s = 1.0
-    await gateway.upstream.start()
+    await gateway.fleet.apply(settings.configured_backends)
     gateway.supervisor.start(Job("audit", writer.step, wake=writer.wake))
     try:
         ready, checks = await readiness(gateway)
@@ -440,5 +440,5 @@ async def test_a_backlog_that_stops_draining_makes_readiness_say_so(
         assert (ready, checks["audit"]) == (True, "ok")
     finally:
         await gateway.supervisor.stop()
-        await gateway.upstream.close()
+        await gateway.fleet.close()
         await gateway.engine.dispose()

@@ -190,7 +190,10 @@ async def test_a_client_that_leaves_is_settled_once_as_499_and_the_backend_stops
                 body=body,
                 leave_after_chunks=leave_after,
             )
-        await asyncio.wait_for(closed.wait(), 2)  # the backend saw the client leave
+        if "/api/chat" in backend.paths():  # it reached the backend...
+            await asyncio.wait_for(closed.wait(), 2)  # ...which saw the client leave
+        else:
+            assert leave_after == 0  # it left before the gateway had sent it anywhere
         assert answer.status in (0, 200)  # nothing, or a started stream
         assert list(settled.values()) == [1]
         rows = [r for r in await audited(gw) if r.key_prefix == key[:12]]
@@ -267,7 +270,7 @@ async def test_ollama_errors_pass_on_and_never_open_the_breaker(
                 "error": "The model backend failed: model requires more system memory "
                 "(9.1 GiB) than is available"
             }
-        assert gw.gateway.upstream.breaker.consecutive_failures == 0
+        assert gw.breaker.consecutive_failures == 0
         assert backend.paths().count("/api/chat") == 5
 
 
@@ -287,7 +290,7 @@ async def test_ambiguous_failures_count_only_when_the_liveness_probe_fails(
         FakeBackend(proxy) as backend,
         gateway(backend.url, tmp_path, circuit_breaker_failures=2, **storage) as gw,
     ):
-        breaker = gw.gateway.upstream.breaker
+        breaker = gw.breaker
         for _ in range(3):
             assert (
                 await call(gw.app, "POST", "/api/chat", headers=gw.auth, body=CHAT)

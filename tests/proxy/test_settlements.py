@@ -259,6 +259,7 @@ async def test_a_rebuild_that_read_the_ledger_before_a_marked_row_landed_reads_a
     assert await audit.flush()  # ...while A's row lands: B's reading is stale.
     assert not await live.seed(prefix, DAY.counter, 0, DAY.ttl_ms, stale)
     fresh = await live.ledger_epoch(prefix)
-    assert fresh is not None and fresh != stale
+    assert fresh is not None
+    assert fresh != stale
     assert await live.seed(prefix, DAY.counter, 52, DAY.ttl_ms, fresh)
     assert await counter(live, prefix) == 52

@@ -197,6 +197,69 @@ async def test_refusals_report_what_stands_and_embeddings_reserve_no_cap(
     assert listing.tokens is not None
 
 
+async def test_a_fan_out_counts_as_its_calls(store: tuple[StateStore, Clock]) -> None:
+    """n choices: n requests towards rpm, n concurrency slots, n completion caps; a
+    fan-out that does not fit is refused whole, leaving nothing counted or held."""
+    state, clock = store
+    key = prefix()
+    day = BudgetLine(Period.DAY, 10_000, "day:f", ttl_ms=86_400_000)
+    await state.seed(key, "day:f", 0, day.ttl_ms)
+    limits = Limits(rpm=5, concurrent=4)
+    fan = ask(limits=limits, budgets=(day,), prompt_estimate=30, requested_cap=100, count=3)
+    taken = await state.admit(key, fan, b"row")
+    assert (taken.admitted, taken.cap, taken.reserved) == (True, 100, 330)
+    assert taken.requests is not None
+    assert taken.requests.remaining == 2  # 5 - 3
+    assert [s.used for s in taken.budget_states] == [330]
+    # One slot and two requests are left: a fan-out of two fits neither the slots...
+    two = ask(limits=limits, budgets=(day,), prompt_estimate=20, requested_cap=10, count=2)
+    refused = await state.admit(key, two, b"row")
+    assert (refused.admitted, refused.reason) == (False, "concurrency")
+    assert refused.requests is not None
+    assert refused.requests.remaining == 2  # refused after the window: not counted
+    assert [s.used for s in refused.budget_states] == [330]  # nothing reserved
+    # ...while one call fits both.
+    assert (await state.admit(key, ask(limits=limits, budgets=(day,), count=1), b"row")).admitted
+    assert await state.settle(key, fan, 90, b"row") is Settled.SETTLED  # all three calls
+    probe = await state.admit(key, ask(limits=limits, inference=False, budgets=(day,)), b"")
+    assert probe.budget_states[0].used == 90 + 4096  # the fan-out's use + the single one
+    # The window holds 3 + 1 + the probe: a fan-out of two must wait for the first three.
+    late = await state.admit(key, ask(limits=limits, count=2), b"row")
+    assert (late.reason, late.retry_after_ms) == ("rpm", 60_000)
+    clock.now += 60_000
+    assert (await state.admit(key, ask(limits=limits, count=2), b"row")).admitted
+
+
+async def test_a_fan_out_beyond_a_limit_never_fits(store: tuple[StateStore, Clock]) -> None:
+    state, _ = store
+    key = prefix()
+    too_many = await state.admit(key, ask(limits=Limits(rpm=2), count=3), b"row")
+    assert (too_many.reason, too_many.retry_after_ms) == ("rpm", 60_000)
+    too_wide = await state.admit(key, ask(limits=Limits(concurrent=2), count=3), b"row")
+    assert (too_wide.reason, too_wide.retry_after_ms) == ("concurrency", 1000)
+    # Each call's cap comes from its share of what the budget has left.
+    day = BudgetLine(Period.DAY, 1000, "day:s", ttl_ms=86_400_000)
+    await state.seed(key, "day:s", 100, day.ttl_ms)
+    shared = await state.admit(key, ask(budgets=(day,), prompt_estimate=60, count=4), b"row")
+    assert (shared.cap, shared.reserved) == (210, 900)  # (900 - 60) // 4 each
+    refused = await state.admit(key, ask(budgets=(day,), prompt_estimate=0, count=2), b"row")
+    assert (refused.reason, refused.blocking) == ("budget", Period.DAY)
+
+
+async def test_renewal_keeps_every_slot_of_a_fan_out(store: tuple[StateStore, Clock]) -> None:
+    state, clock = store
+    key = prefix()
+    limits = Limits(concurrent=3)
+    fan = ask(limits=limits, lease_ms=10_000, count=3)
+    assert (await state.admit(key, fan, b"row")).admitted
+    for _ in range(3):
+        clock.now += 8_000
+        await state.renew([(key, fan)])
+        assert not (await state.admit(key, ask(limits=limits), b"row")).admitted
+    assert await state.settle(key, fan, 0, b"row") is Settled.SETTLED
+    assert (await state.admit(key, ask(limits=limits, count=3), b"row")).admitted
+
+
 async def test_redis_keys_share_one_hash_tag() -> None:
     names = key_names("nz_abcdefghi")
     assert all("{nz_abcdefghi}" in name for name in names)
@@ -252,6 +315,7 @@ class RedisStoreMatchesKeyState(RuleBasedStateMachine):
         lease=st.integers(1_000, 40_000),
         seed=st.integers(0, 3000),
         generates=st.booleans(),
+        count=st.integers(1, 4),
     )
     def admit(
         self,
@@ -262,6 +326,7 @@ class RedisStoreMatchesKeyState(RuleBasedStateMachine):
         lease: int,
         seed: int,
         generates: bool,
+        count: int,
     ) -> Ask:
         request = Ask(
             uuid.uuid4().hex,
@@ -273,6 +338,7 @@ class RedisStoreMatchesKeyState(RuleBasedStateMachine):
             default_cap,
             lease,
             generates,
+            count if inference and generates else 1,
         )
         expected = self.model.admit(request, self.clock.now)
         got = self.run(self.store.admit(self.prefix, request, b"row"))
@@ -325,7 +391,8 @@ class MemoryStoreKeepsTheRules(RuleBasedStateMachine):
         self.limits = Limits()
         self.budgets: tuple[BudgetLine, ...] = ()
         self.counted: list[int] = []  # admission times that count towards rpm
-        self.leases: dict[str, int] = {}  # rid → expiry, as the test understands them
+        self.leases: dict[str, tuple[int, int]] = {}  # rid → (expiry, slots), as the test
+        # understands them
         self.reserved: dict[str, int] = {}
         self.seeded: dict[str, int] = {}
         self.expected: dict[str, int] = {}  # counter → seed + reservations + corrections
@@ -356,11 +423,19 @@ class MemoryStoreKeepsTheRules(RuleBasedStateMachine):
         cap=st.none() | st.integers(1, 500),
         lease=st.integers(1_000, 40_000),
         generates=st.booleans(),
+        count=st.integers(1, 4),
     )
     def admit(
-        self, inference: bool, estimate: int, cap: int | None, lease: int, generates: bool
+        self,
+        inference: bool,
+        estimate: int,
+        cap: int | None,
+        lease: int,
+        generates: bool,
+        count: int,
     ) -> Ask:
         now = self.clock.now
+        count = count if inference and generates else 1
         request = Ask(
             uuid.uuid4().hex,
             inference,
@@ -371,17 +446,22 @@ class MemoryStoreKeepsTheRules(RuleBasedStateMachine):
             300,
             lease,
             generates,
+            count,
         )
-        live = sum(1 for expiry in self.leases.values() if expiry > now)
+        live = sum(slots for expiry, slots in self.leases.values() if expiry > now)
         decision = self.run(self.store.admit(self.prefix, request, b""))
         if not decision.admitted:
             return request
         if self.limits.rpm is not None:
-            self.counted.append(now)
+            self.counted.extend([now] * count)
         if inference:
             if self.limits.concurrent is not None:
-                assert live < self.limits.concurrent
-            self.leases[request.rid] = now + lease
+                assert live + count <= self.limits.concurrent
+            if decision.reserved and generates:
+                # Each call is capped alike, and the reservation holds every cap.
+                assert decision.cap is not None
+                assert decision.reserved == estimate + count * decision.cap
+            self.leases[request.rid] = (now + lease, count)
             self.reserved[request.rid] = decision.reserved
             for line in self.budgets:
                 self.expected[line.counter] += decision.reserved
@@ -403,8 +483,9 @@ class MemoryStoreKeepsTheRules(RuleBasedStateMachine):
     @rule(request=open_requests)
     def renew(self, request: Ask) -> None:
         now = self.clock.now
-        if self.leases.get(request.rid, now) > now:
-            self.leases[request.rid] = now + request.lease_ms
+        expiry, slots = self.leases.get(request.rid, (now, 1))
+        if expiry > now:
+            self.leases[request.rid] = (now + request.lease_ms, slots)
         self.run(self.store.renew([(self.prefix, request)]))
 
     @rule(ms=st.sampled_from([1, 999, 1_000, 9_999, 10_000, 30_000, 59_999, 60_000, 61_000]))

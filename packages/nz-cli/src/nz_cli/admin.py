@@ -1,4 +1,5 @@
-"""The admin commands of SPEC §11: thin wrappers over :mod:`nz_core.admin`.
+"""The admin commands (docs/OPERATIONS.md): thin wrappers over :mod:`nz_core.admin` and
+:mod:`nz_core.backend_admin`.
 
 Each command validates its options, calls one ``nz_core`` operation and prints the
 result, as text for people or as JSON with ``--json``. The full key is printed only by
@@ -7,21 +8,28 @@ result, as text for people or as JSON with ``--json``. The full key is printed o
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+import asyncio
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nz_cli.runner import emit, fail, run_admin, settings
 from nz_cli.values import parse_change
-from nz_core import admin
+from nz_core import admin, backend_admin
 from nz_core.admin import UNSET, ApiKey, Tenant
+from nz_core.backends import Backend, Topology
 from nz_core.budgets import Budgets, Period
 from nz_core.errors import InvalidValue, NzError
 from nz_core.limits import Limits
 from nz_core.migrations import head_revision, upgrade
-from nz_core.models import effective_models, normalize_model, parse_model_list
+from nz_core.models import effective_models, parse_model_list
+from nz_core.residency import ResidencyPolicy
 from nz_core.scopes import format_scopes, parse_scopes
+
+if TYPE_CHECKING:
+    from nz_cli.probe import NodeReport
 
 __all__ = ["register"]
 
@@ -32,6 +40,7 @@ Prefix = Annotated[
 ]
 LimitOpt = Annotated[str | None, typer.Option(help="Whole number ≥ 1, or 'none'.")]
 BudgetOpt = Annotated[str | None, typer.Option(help="Tokens (whole number ≥ 0), or 'none'.")]
+BackendName = Annotated[str, typer.Option("--name", help="Backend name.", show_default=False)]
 
 
 def _limits_text(limits: Limits) -> str:
@@ -145,7 +154,7 @@ def list_tenants(as_json: Json = False) -> None:
 def create_key(
     tenant: TenantName,
     name: Annotated[str, typer.Option("--name", help="Key name.", show_default=False)],
-    scopes: Annotated[str, typer.Option(help="Comma-separated: chat, embeddings.")] = (
+    scopes: Annotated[str, typer.Option(help="Comma-separated: chat, embeddings, residency.")] = (
         "chat,embeddings"
     ),
     rpm: LimitOpt = None,
@@ -324,19 +333,22 @@ def list_models(
     ] = None,
     as_json: Json = False,
 ) -> None:
-    """List the models the backend has (read-only /api/tags); with a tenant, the ones it may
-    use."""
-    import httpx  # only this command talks HTTP; keep it off every CLI start
+    """List the models the active backends have (read-only /api/tags); with a tenant, the
+    ones it may use."""
+    from nz_cli.probe import probe_all  # only a few commands talk HTTP: keep it off startup
 
     config = settings()
-    url = config.ollama_base_url.rstrip("/") + "/api/tags"
-    try:
-        response = httpx.get(url, timeout=config.upstream_connect_timeout_s + 5)
-        response.raise_for_status()
-        entries = response.json().get("models") or []
-        discovered = sorted({normalize_model(str(m.get("name") or m["model"])) for m in entries})
-    except (httpx.HTTPError, ValueError, KeyError, AttributeError) as exc:
-        fail(f"backend at {config.ollama_base_url} did not list its models: {exc}")
+    topology = run_admin(_topology)
+    active = [backend for backend in topology.backends if backend.active]
+    if not active:
+        fail("no active backend: activate one (activate-backend) or add one (add-backend)")
+    reports = asyncio.run(
+        probe_all(active, residency=False, wait_s=config.upstream_connect_timeout_s + 5)
+    )
+    if not any(report.reachable for report in reports):
+        backend, report = active[0], reports[0]
+        fail(f"backend {backend.name} at {backend.url} did not list its models: {report.error}")
+    discovered = sorted({model for report in reports for model in report.models})
     if tenant is None:
         emit(as_json, {"models": discovered}, discovered)
         return
@@ -370,6 +382,187 @@ def show_usage(
     )
 
 
+# -- backends and model policies (SPEC §4.10, §4.12) ----------------------------
+
+
+async def _topology(engine: AsyncEngine) -> Topology:
+    return await backend_admin.load_topology(engine, settings().configured_backends)
+
+
+def _backend_json(backend: Backend) -> dict[str, Any]:
+    return {
+        "name": backend.name,
+        "url": backend.url,
+        "parallel": backend.parallel,
+        "status": backend.status.value,
+        "created_at": backend.created_at.isoformat() if backend.created_at else None,
+        "updated_at": backend.updated_at.isoformat() if backend.updated_at else None,
+    }
+
+
+def _backend_line(backend: Backend) -> str:
+    return f"{backend.name} {backend.url} parallel={backend.parallel} status={backend.status.value}"
+
+
+def _report_json(report: NodeReport) -> dict[str, Any]:
+    return {
+        "reachable": report.reachable,
+        "error": report.error,
+        "models": list(report.models),
+        "resident": [
+            {
+                "model": resident.model,
+                "context_length": resident.context_length,
+                "expires_at": resident.expires_at,
+                "size_vram": resident.size_vram,
+            }
+            for resident in report.resident
+        ],
+    }
+
+
+def _report_text(report: NodeReport) -> str:
+    if not report.reachable:
+        return f"unreachable ({report.error})"
+    resident = [
+        resident.model
+        + (f"(ctx={resident.context_length})" if resident.context_length is not None else "")
+        for resident in report.resident
+    ]
+    return f"models={','.join(report.models) or 'none'} resident={','.join(resident) or 'none'}"
+
+
+def _policy_json(policy: ResidencyPolicy) -> dict[str, Any]:
+    return {
+        "model": policy.model,
+        "num_ctx": policy.num_ctx,
+        "updated_at": policy.updated_at.isoformat() if policy.updated_at else None,
+    }
+
+
+def _policy_line(policy: ResidencyPolicy) -> str:
+    return f"{policy.model} num_ctx={'none' if policy.num_ctx is None else policy.num_ctx}"
+
+
+def _positive(option: str, text: str) -> int:
+    """A whole number ≥ 1 (these options have no 'none')."""
+    stripped = text.strip()
+    if not (stripped.isascii() and stripped.isdigit()) or int(stripped) < 1:
+        fail(f"{option} must be a whole number ≥ 1, got '{text}'")
+    return int(stripped)
+
+
+def _no_active_warning(backends: Sequence[Backend]) -> None:
+    if backends and not any(backend.active for backend in backends):
+        typer.echo(
+            "warning: no backend is active now; requests fail until one is activated"
+            " (activate-backend) or added",
+            err=True,
+        )
+
+
+def add_backend(
+    name: BackendName,
+    url: Annotated[
+        str, typer.Option("--url", help="The node's Ollama URL (http/https).", show_default=False)
+    ],
+    parallel: Annotated[
+        str, typer.Option(help="The node's OLLAMA_NUM_PARALLEL (whole number ≥ 1).")
+    ] = "1",
+    as_json: Json = False,
+) -> None:
+    """Add an Ollama node; every gateway routes to it within about a second."""
+    slots = _positive("--parallel", parallel)
+    backend = run_admin(lambda engine: backend_admin.add_backend(engine, name, url, parallel=slots))
+    emit(as_json, _backend_json(backend), [f"added backend {_backend_line(backend)}"])
+
+
+def list_backends(as_json: Json = False) -> None:
+    """List the backends in force, with each node's models and loaded models."""
+    from nz_cli.probe import probe_all  # only a few commands talk HTTP: keep it off startup
+
+    topology = run_admin(_topology)
+    reports = asyncio.run(probe_all(topology.backends))
+    source = "environment" if topology.configured else "database"
+    if topology.configured and not as_json:
+        typer.echo(
+            "note: gateway.backends is empty; OLLAMA_BASE_URL(S) define these backends",
+            err=True,
+        )
+    emit(
+        as_json,
+        [
+            _backend_json(backend) | {"source": source} | _report_json(report)
+            for backend, report in zip(topology.backends, reports, strict=True)
+        ],
+        [
+            f"{_backend_line(backend)} {_report_text(report)}"
+            for backend, report in zip(topology.backends, reports, strict=True)
+        ],
+    )
+
+
+def drain_backend(name: BackendName, as_json: Json = False) -> None:
+    """Send no new requests to a backend; the ones in flight finish."""
+
+    async def drain(engine: AsyncEngine) -> tuple[Backend, list[Backend]]:
+        drained = await backend_admin.drain_backend(engine, name)
+        return drained, await backend_admin.list_backends(engine)
+
+    backend, remaining = run_admin(drain)
+    _no_active_warning(remaining)
+    emit(as_json, _backend_json(backend), [_backend_line(backend)])
+
+
+def activate_backend(name: BackendName, as_json: Json = False) -> None:
+    """Route new requests to a drained backend again."""
+    backend = run_admin(lambda engine: backend_admin.activate_backend(engine, name))
+    emit(as_json, _backend_json(backend), [_backend_line(backend)])
+
+
+def remove_backend(name: BackendName, as_json: Json = False) -> None:
+    """Remove a backend; requests in flight on it finish (drain it first to wait for them)."""
+
+    async def remove(engine: AsyncEngine) -> tuple[Backend, list[Backend]]:
+        removed = await backend_admin.remove_backend(engine, name)
+        return removed, await backend_admin.list_backends(engine)
+
+    backend, remaining = run_admin(remove)
+    if not remaining:
+        typer.echo(
+            "note: gateway.backends is empty; OLLAMA_BASE_URL(S) define the backends again",
+            err=True,
+        )
+    _no_active_warning(remaining)
+    emit(as_json, _backend_json(backend), [f"removed backend {_backend_line(backend)}"])
+
+
+def set_model_policy(
+    model: Annotated[str, typer.Option("--model", help="Model name.", show_default=False)],
+    num_ctx: Annotated[
+        str | None,
+        typer.Option("--num-ctx", help="Pin the context size every request gets (tokens ≥ 1)."),
+    ] = None,
+    no_num_ctx: Annotated[
+        bool,
+        typer.Option("--no-num-ctx", help="Unpin: clients' values, capped at the model's."),
+    ] = False,
+    as_json: Json = False,
+) -> None:
+    """Pin a model's context size (num_ctx), so clients cannot force reloads by varying it."""
+    if (num_ctx is None) == (not no_num_ctx):
+        fail("give exactly one of --num-ctx or --no-num-ctx")
+    pinned = None if num_ctx is None else _positive("--num-ctx", num_ctx)
+    policy = run_admin(lambda engine: backend_admin.set_model_policy(engine, model, num_ctx=pinned))
+    emit(as_json, _policy_json(policy), [_policy_line(policy)])
+
+
+def list_model_policies(as_json: Json = False) -> None:
+    """List the models' residency policies (pinned context sizes)."""
+    policies = run_admin(backend_admin.list_model_policies)
+    emit(as_json, [_policy_json(p) for p in policies], [_policy_line(p) for p in policies])
+
+
 def register(app: typer.Typer) -> None:
     """Add the admin commands to ``app``."""
     for command in (
@@ -385,5 +578,12 @@ def register(app: typer.Typer) -> None:
         set_prompt_log,
         list_models,
         show_usage,
+        add_backend,
+        list_backends,
+        drain_backend,
+        activate_backend,
+        remove_backend,
+        set_model_policy,
+        list_model_policies,
     ):
         app.command(name=command.__name__.replace("_", "-"))(command)

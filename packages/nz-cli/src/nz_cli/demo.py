@@ -1,5 +1,4 @@
-"""``neuronetz-gateway demo``: the whole gateway on a bare machine, in one command
-(SPEC §12.1).
+"""``neuronetz-gateway demo``: the whole gateway on a bare machine, in one command.
 
 It migrates a fresh embedded database in a temporary directory, creates a ``demo``
 tenant (every model allowed) and a key, starts the mock Ollama and the gateway (with

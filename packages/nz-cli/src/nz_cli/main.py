@@ -12,7 +12,10 @@ __all__ = ["app", "main"]
 
 app = typer.Typer(
     name="neuronetz-gateway",
-    help="Run and administer neuronetz-gateway. Settings come from the environment (SPEC §8).",
+    help=(
+        "Run and administer neuronetz-gateway. Settings come from the environment and a .env"
+        " file; docs/DEPLOYMENT.md lists them, docs/OPERATIONS.md has every command."
+    ),
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

@@ -33,7 +33,7 @@ from nz_core.keys import KeyHasher, generate_key, is_prefix
 from nz_core.limits import Limits, validate_limit
 from nz_core.models import ModelPolicy, normalize_model
 from nz_core.schema import api_keys, audit_log, budgets, revocations, tenants
-from nz_core.scopes import ALL_SCOPES, Scope, format_scopes, parse_scopes
+from nz_core.scopes import DEFAULT_SCOPES, Scope, check_scopes, format_scopes, parse_scopes
 
 __all__ = [
     "UNSET",
@@ -306,7 +306,7 @@ async def create_key(
     tenant: str,
     name: str,
     *,
-    scopes: frozenset[Scope] = ALL_SCOPES,
+    scopes: frozenset[Scope] = DEFAULT_SCOPES,
     limits: Limits = NO_LIMITS,
     hasher: KeyHasher | None = None,
 ) -> CreatedKey:
@@ -314,12 +314,11 @@ async def create_key(
     which is never stored or shown again: only its argon2id hash is kept.
 
     Raises:
-        InvalidValue: bad name or empty scopes.
+        InvalidValue: bad name, or no scope granting an endpoint.
         TenantNotFound: no such tenant.
     """
     name = _check_name("key", name, KEY_NAME_MAX)
-    if not scopes:
-        raise InvalidValue("at least one scope is required (chat, embeddings)")
+    scopes = check_scopes(scopes)
     hasher = hasher or KeyHasher()
     async with connect(engine) as conn:
         tenant_row = await _tenant_row(conn, tenant)

@@ -7,8 +7,8 @@ which is always a single line fit for an operator.
 ``NzError``
     ``MalformedKey``: the text is not an API key; raised before any I/O.
     ``InvalidValue``: an argument is out of range (negative limit, unknown scope, ...).
-    ``NotFound``: ``TenantNotFound``, ``KeyNotFound``.
-    ``AlreadyExists``: ``TenantExists``.
+    ``NotFound``: ``TenantNotFound``, ``KeyNotFound``, ``BackendNotFound``.
+    ``AlreadyExists``: ``TenantExists``, ``BackendExists`` (its name or its URL).
     ``DatabaseError``: ``DatabaseUnreachable``, ``NotMigrated``, ``RowsRefused``.
 """
 
@@ -16,6 +16,8 @@ from __future__ import annotations
 
 __all__ = [
     "AlreadyExists",
+    "BackendExists",
+    "BackendNotFound",
     "DatabaseError",
     "DatabaseUnreachable",
     "InvalidValue",
@@ -62,6 +64,12 @@ class KeyNotFound(NotFound):
         self.prefix = prefix
 
 
+class BackendNotFound(NotFound):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown backend '{name}'")
+        self.name = name
+
+
 class AlreadyExists(NzError):
     """The object would violate a uniqueness rule."""
 
@@ -69,6 +77,18 @@ class AlreadyExists(NzError):
 class TenantExists(AlreadyExists):
     def __init__(self, name: str) -> None:
         super().__init__(f"tenant '{name}' already exists")
+        self.name = name
+
+
+class BackendExists(AlreadyExists):
+    """A backend has this name, or already points at this URL (one node, one backend:
+    two would count its slots twice)."""
+
+    def __init__(self, name: str, url: str | None = None) -> None:
+        if url is None:
+            super().__init__(f"backend '{name}' already exists")
+        else:
+            super().__init__(f"backend '{name}' already points at {url}")
         self.name = name
 
 

@@ -40,6 +40,12 @@ from nz_core.schema import SCHEMA, api_keys, audit_log, budget_usage, prompt_log
 __all__ = ["AUDIT_COLUMNS", "RowsRefused", "delete_expired_prompts", "period_tokens", "record"]
 
 AUDIT_COLUMNS = tuple(column.name for column in audit_log.columns)
+# A row may leave out a nullable column (``backend``, added with several nodes): NULL.
+_OPTIONAL_COLUMNS = frozenset(column.name for column in audit_log.columns if column.nullable)
+
+
+def _column(row: Mapping[str, Any], name: str) -> Any:
+    return row.get(name) if name in _OPTIONAL_COLUMNS else row[name]
 
 
 # SQLSTATE classes that are about the values sent: 22 data exception (NUL in text,
@@ -119,7 +125,7 @@ def ledger_deltas(
 async def _insert_audit(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]) -> set[uuid.UUID]:
     """Insert the rows that are new; the ids of those."""
     if conn.dialect.name == "postgresql":
-        columns = tuple([row[name] for row in rows] for name in AUDIT_COLUMNS)
+        columns = tuple([_column(row, name) for row in rows] for name in AUDIT_COLUMNS)
         result = await conn.exec_driver_sql(_PG_AUDIT_INSERT, columns)
     else:
         statement = (
@@ -127,7 +133,7 @@ async def _insert_audit(conn: AsyncConnection, rows: Sequence[Mapping[str, Any]]
             .on_conflict_do_nothing(index_elements=["id"])
             .returning(audit_log.c.id)
         )
-        values = [{name: row[name] for name in AUDIT_COLUMNS} for row in rows]
+        values = [{name: _column(row, name) for name in AUDIT_COLUMNS} for row in rows]
         result = await conn.execute(statement, values)
     return {row_id for (row_id,) in result.all()}
 
@@ -140,7 +146,8 @@ async def record(
 ) -> set[uuid.UUID]:
     """Write a batch of finished requests; returns the ids that were not there yet.
 
-    Each row has the audit columns plus ``key_id`` (``None`` when no key was verified).
+    Each row has the audit columns (nullable ones may be left out) plus ``key_id``
+    (``None`` when no key was verified).
     Audit rows, ledger, ``last_used_at`` and prompts are one transaction: all or nothing.
 
     Raises:

@@ -14,6 +14,11 @@ Listings only count towards ``rpm``, and report the rest. An admitted
 inference request holds a lease and a reservation until it is settled; settlement
 replaces the reservation with the tokens actually used, exactly once. A reservation
 whose lease ran out unsettled stays counted at its reserved amount.
+
+A request that fans out to several backend calls (``n`` choices, a batch of prompts)
+asks with a ``count``: it counts as that many requests towards ``rpm``, needs that many
+free concurrency slots, and reserves a completion cap for each call; it is still
+admitted, renewed and settled as one, and refused whole.
 """
 
 from __future__ import annotations
@@ -60,8 +65,10 @@ class BudgetLine:
 @dataclass(frozen=True, slots=True)
 class Ask:
     """What one request asks of its key: the request's own part (its id, whether it
-    runs a model, its prompt estimate and completion cap) and the key's terms it is
-    decided under (limits, budgets, default cap, lease), which the admission fills in."""
+    runs a model, its prompt estimate and completion cap, how many backend calls it
+    makes) and the key's terms it is decided under (limits, budgets, default cap,
+    lease), which the admission fills in. ``prompt_estimate`` covers every call; the
+    cap is per call."""
 
     rid: str  # unique per request (the audit id), never the client's request id
     inference: bool  # generation or embedding, as opposed to listing models
@@ -72,6 +79,7 @@ class Ask:
     default_cap: int = 4096
     lease_ms: int = 30_000
     generates: bool = True  # False for embeddings: no completion, no cap
+    count: int = 1  # backend calls (choices); each counts as a request and holds a slot
 
     @property
     def reserves(self) -> bool:
@@ -118,11 +126,12 @@ def plan_reservation(
 ) -> tuple[int | None, int] | BlockedBy:
     """(completion cap, tokens reserved) for an inference request, or what blocks it.
 
-    A generating request reserves its prompt estimate plus its completion cap (the
-    client's, else the default clipped to what the budget has left); an embedding
-    reserves its prompt estimate alone and has no cap.
+    A generating request reserves its prompt estimate plus its completion cap for each
+    of its ``count`` calls (the client's cap, else the default clipped to each call's
+    share of what the budget has left); an embedding reserves its prompt estimate
+    alone and has no cap.
     """
-    estimate = ask.prompt_estimate
+    estimate, count = ask.prompt_estimate, ask.count
     remaining = min((s.remaining for s in states), default=None)
     if not ask.generates:
         if remaining is not None and estimate > remaining:
@@ -132,19 +141,20 @@ def plan_reservation(
     requested = ask.requested_cap if ask.requested_cap and ask.requested_cap > 0 else None
     if remaining is None:
         cap = requested if requested is not None else ask.default_cap
-        return cap, estimate + cap
-    cap = requested if requested is not None else min(ask.default_cap, remaining - estimate)
-    if cap < 1 or estimate + cap > remaining:
-        blocker = blocking_period(states, estimate + max(cap, 1))
+        return cap, estimate + count * cap
+    share = (remaining - estimate) // count
+    cap = requested if requested is not None else min(ask.default_cap, share)
+    if cap < 1 or estimate + count * cap > remaining:
+        blocker = blocking_period(states, estimate + count * max(cap, 1))
         return BlockedBy(blocker.period if blocker else None)
-    return cap, estimate + cap
+    return cap, estimate + count * cap
 
 
-def uncounted(requests: WindowCheck | None) -> WindowCheck | None:
+def uncounted(requests: WindowCheck | None, count: int = 1) -> WindowCheck | None:
     """The request window for a request refused later: it was not counted after all."""
     if requests is None:
         return None
-    return WindowCheck(True, requests.used, requests.remaining + 1, 0, requests.reset_ms)
+    return WindowCheck(True, requests.used, requests.remaining + count, 0, requests.reset_ms)
 
 
 @dataclass(slots=True)
@@ -152,6 +162,7 @@ class Reservation:
     reserved: int
     bucket: int
     counters: tuple[str, ...]
+    slots: int = 1  # concurrency slots its lease holds
 
 
 @dataclass
@@ -162,7 +173,7 @@ class KeyState:
 
     admitted_at: deque[int] = field(default_factory=deque)  # inside the request window
     buckets: dict[int, int] = field(default_factory=dict)  # token window
-    leases: dict[str, int] = field(default_factory=dict)  # rid → expiry
+    leases: dict[str, int] = field(default_factory=dict)  # rid → expiry (of ``slots`` slots)
     counters: dict[str, int] = field(default_factory=dict)  # budget counter → tokens
     pending: dict[str, Reservation] = field(default_factory=dict)
 
@@ -176,7 +187,7 @@ class KeyState:
         limits = ask.limits
         requests = None
         if limits.rpm is not None:
-            requests = check_window(self.admitted_at, now_ms, limits.rpm)
+            requests = check_window(self.admitted_at, now_ms, limits.rpm, ask.count)
             if not requests.allowed:
                 return Decision(False, "rpm", requests.retry_after_ms, requests=requests)
         missing = tuple(b for b in ask.budgets if b.counter not in self.counters)
@@ -201,7 +212,7 @@ class KeyState:
                 reason,
                 wait,
                 blocking,
-                requests=uncounted(requests),
+                requests=uncounted(requests, ask.count),
                 tokens=tokens,
                 budget_states=states,
             )
@@ -225,7 +236,12 @@ class KeyState:
         if not ask.inference:
             return None
         if ask.limits.concurrent is not None:
-            concurrency = check_concurrency(self.leases.values(), now_ms, ask.limits.concurrent)
+            slots = [
+                expiry
+                for rid, expiry in self.leases.items()
+                for _ in range(self.pending[rid].slots)
+            ]
+            concurrency = check_concurrency(slots, now_ms, ask.limits.concurrent, ask.count)
             if not concurrency.allowed:
                 return "concurrency", concurrency.retry_after_ms, None
         if tokens is not None and not tokens.allowed:
@@ -234,7 +250,7 @@ class KeyState:
 
     def _record(self, ask: Ask, now_ms: int, reserved: int) -> None:
         if ask.limits.rpm is not None:
-            self.admitted_at.append(now_ms)
+            self.admitted_at.extend([now_ms] * ask.count)
         if not ask.inference:
             return
         self.leases[ask.rid] = now_ms + ask.lease_ms
@@ -243,7 +259,8 @@ class KeyState:
             self.buckets[bucket] = self.buckets.get(bucket, 0) + reserved
         for line in ask.budgets:
             self.counters[line.counter] += reserved
-        self.pending[ask.rid] = Reservation(reserved, bucket, tuple(b.counter for b in ask.budgets))
+        counters = tuple(b.counter for b in ask.budgets)
+        self.pending[ask.rid] = Reservation(reserved, bucket, counters, ask.count)
 
     def settle(self, rid: str, tokens: int, now_ms: int, *, counts_tokens: bool) -> bool:
         """Replace ``rid``'s reservation by ``tokens``. False when there is nothing to

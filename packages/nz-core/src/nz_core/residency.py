@@ -1,19 +1,39 @@
 """Model residency on a backend (SPEC §4.12): how long a model stays loaded
-(``keep_alive``), read exactly as Ollama reads it.
+(``keep_alive``), read exactly as Ollama reads it, and the policy that keeps tenants
+from controlling shared GPU memory.
 
 Ollama takes ``keep_alive`` as a number of seconds or a Go duration string
 (``time.ParseDuration``: a unit on every number, ``"0"`` the one exception); anything
 negative means "keep it loaded forever". :func:`parse_go_duration` is Go's parser, so
 the gateway refuses exactly the strings Ollama would refuse, and reads the others as it
 does.
+
+The policy: :func:`clamp_keep_alive` bounds a client's ``keep_alive`` (an unload, ``0``,
+needs the ``residency`` scope, which also lifts the bounds); :func:`effective_num_ctx`
+replaces a client's ``num_ctx`` by the model's pinned one (a :class:`ResidencyPolicy`),
+or caps it at the model's context length, so that clients varying it cannot force
+reloads.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
-__all__ = ["FOREVER", "keep_alive_seconds", "parse_go_duration"]
+from nz_core.errors import InvalidValue
+
+__all__ = [
+    "FOREVER",
+    "MAX_NUM_CTX",
+    "ResidencyPolicy",
+    "check_num_ctx",
+    "clamp_keep_alive",
+    "effective_num_ctx",
+    "keep_alive_seconds",
+    "parse_go_duration",
+]
 
 #: A keep-alive that never expires (Ollama's reading of any negative value).
 FOREVER: Final = math.inf
@@ -115,3 +135,55 @@ def keep_alive_seconds(value: float | str) -> float:
         nanoseconds = parse_go_duration(value)
         return FOREVER if nanoseconds < 0 else nanoseconds / 1e9
     return FOREVER if value < 0 else float(value)
+
+
+# -- the policy -----------------------------------------------------------------
+
+#: The column is a 32-bit integer, and Ollama's own context sizes are far below it.
+MAX_NUM_CTX: Final = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ResidencyPolicy:
+    """A model's residency policy: ``num_ctx`` pinned, or ``None`` (the client's value,
+    capped at the model's context length). ``model`` is normalised."""
+
+    model: str
+    num_ctx: int | None
+    updated_at: datetime | None = None
+
+
+def check_num_ctx(num_ctx: int) -> int:
+    """``num_ctx`` if it is a whole number of tokens from 1 up.
+
+    Raises:
+        InvalidValue: it is not.
+    """
+    if isinstance(num_ctx, bool) or not isinstance(num_ctx, int):
+        raise InvalidValue(f"num_ctx must be a whole number of tokens, got {num_ctx!r}")
+    if not 1 <= num_ctx <= MAX_NUM_CTX:
+        raise InvalidValue(f"num_ctx must be between 1 and {MAX_NUM_CTX} (got {num_ctx})")
+    return num_ctx
+
+
+def clamp_keep_alive(seconds: float, minimum: float, maximum: float) -> float:
+    """A client's ``keep_alive`` (seconds, :data:`FOREVER` for a negative value) within
+    [``minimum``, ``maximum``]: forever becomes the maximum.
+
+    An unload (``0``) is clamped like any short value; refusing it to keys without the
+    ``residency`` scope is the caller's decision, made before (SPEC §4.12).
+    """
+    return min(max(seconds, minimum), maximum)
+
+
+def effective_num_ctx(
+    requested: int | None, pinned: int | None, context_length: int | None
+) -> int | None:
+    """The ``num_ctx`` to send: the pinned one whatever the client asked (even nothing,
+    since Ollama's default would load the model at another size), else the client's
+    value capped at the model's ``context_length`` when that is known."""
+    if pinned is not None:
+        return pinned
+    if requested is None or context_length is None:
+        return requested
+    return min(requested, context_length)

@@ -7,7 +7,7 @@ breaker is not open and whose catalogue has the model.
 
 The rule, and why:
 
-- **Warm with a free slot**: two random choices, the lower ``(in_flight + 1) × TTFB``.
+- **Warm with a free slot**: two random choices, the lower ``(in_flight + 1) x TTFB``.
   A cold load costs 10-60 s; anything warm beats it. Two random choices rather than the
   global minimum, because several replicas deciding on slightly stale counts would all
   pile onto the same "best" node (the power of two choices keeps the load even with
@@ -32,7 +32,9 @@ from enum import Enum
 from typing import Final
 
 __all__ = [
+    "DEFAULT_BUSY_S",
     "DEFAULT_LOAD_S",
+    "DEFAULT_TTFB_S",
     "SPILL_MARGIN",
     "Choice",
     "Ewma",
@@ -51,7 +53,7 @@ DEFAULT_BUSY_S: Final = 5.0
 # Spill over only when waiting costs this much more than a load: loads evict models.
 SPILL_MARGIN: Final = 1.5
 
-_RNG: Final = random.Random()
+_RNG: Final = random.Random()  # noqa: S311 - spreading load, not secrets
 
 
 class Reason(Enum):
@@ -127,9 +129,7 @@ def _load_cost(node: Node) -> float:
     return node.load_s + node.in_flight * node.busy_s / node.parallel
 
 
-def _two_choices(
-    nodes: Sequence[Node], cost: Callable[[Node], float], pick: random.Random
-) -> Node:
+def _two_choices(nodes: Sequence[Node], cost: Callable[[Node], float], pick: random.Random) -> Node:
     if len(nodes) == 1:
         return nodes[0]
     first, second = pick.sample(nodes, 2)

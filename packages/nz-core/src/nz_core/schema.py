@@ -10,6 +10,11 @@ Besides SPEC §7's tables there is ``key_changes``, an append-only log written b
 triggers whenever a key's policy changes or it is revoked. Embedded mode polls it in
 place of NOTIFY, and a PostgreSQL listener that reconnects reads it to catch up on
 what it missed (SPEC §4.5).
+
+``backends`` and ``model_policies`` (SPEC §4.10, §4.12) say where requests go and how
+models stay loaded; on PostgreSQL every change to either sends
+``pg_notify('backends_changed', '<table>:<name or model>')`` from a trigger, in the
+writing transaction, whoever writes.
 """
 
 from __future__ import annotations
@@ -27,10 +32,12 @@ __all__ = [
     "UTCDateTime",
     "api_keys",
     "audit_log",
+    "backends",
     "budget_usage",
     "budgets",
     "key_changes",
     "metadata",
+    "model_policies",
     "prompt_log",
     "revocations",
     "tenants",
@@ -83,6 +90,20 @@ JsonList = sa.JSON().with_variant(JSONB(), "postgresql")
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, not a BIGINT one.
 BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+# Scopes are stored sorted; ``residency`` never alone (nz_core.scopes.check_scopes).
+_STORED_SCOPES: Final = ", ".join(
+    f"'{scopes}'"
+    for scopes in (
+        "chat",
+        "embeddings",
+        "chat,embeddings",
+        "chat,residency",
+        "embeddings,residency",
+        "chat,embeddings,residency",
+    )
+)
 
 
 def _limit(name: str) -> sa.Column[int]:
@@ -140,7 +161,7 @@ api_keys = sa.Table(
     sa.CheckConstraint("length(prefix) = 12", name="prefix_length"),
     sa.CheckConstraint("length(name) BETWEEN 1 AND 128", name="name_length"),
     # Scopes are stored in one canonical order, so the allowed values are a closed set.
-    sa.CheckConstraint("scopes IN ('chat', 'embeddings', 'chat,embeddings')", name="scopes_known"),
+    sa.CheckConstraint(f"scopes IN ({_STORED_SCOPES})", name="scopes_known"),
     sa.CheckConstraint(
         "(status = 'active' AND revoked_at IS NULL)"
         " OR (status = 'revoked' AND revoked_at IS NOT NULL)",
@@ -225,6 +246,8 @@ audit_log = sa.Table(
     sa.Column("ttft_ms", sa.Integer),
     sa.Column("client_ip", sa.Text),
     sa.Column("stream", sa.Boolean, nullable=False),
+    # The node that served the request; NULL when none did (refused before routing).
+    sa.Column("backend", sa.Text),
     sa.CheckConstraint("tokens_in >= 0 AND tokens_out >= 0", name="tokens_positive"),
     sa.CheckConstraint("latency_ms >= 0", name="latency_positive"),
     # show-usage sums tokens per tenant over a period: an index-only scan on PostgreSQL.
@@ -253,4 +276,39 @@ prompt_log = sa.Table(
     sa.Column("request_body", sa.Text, nullable=False),
     sa.Column("response_text", sa.Text, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False, index=True),
+)
+
+backends = sa.Table(
+    "backends",
+    metadata,
+    sa.Column("id", BigId, primary_key=True, autoincrement=True),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    # Normalised (nz_core.backends.check_backend_url), so one node has one spelling.
+    sa.Column("url", sa.Text, nullable=False, unique=True),
+    sa.Column(
+        "parallel",
+        sa.Integer,
+        sa.CheckConstraint("parallel >= 1", name="parallel_positive"),
+        nullable=False,
+        server_default="1",
+    ),
+    sa.Column("status", sa.Text, nullable=False, server_default="active"),
+    _now(),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("length(name) BETWEEN 1 AND 64", name="name_length"),
+    sa.CheckConstraint("status IN ('active', 'draining')", name="status_known"),
+)
+
+model_policies = sa.Table(
+    "model_policies",
+    metadata,
+    # Normalised (``name:tag``), as requests are looked up.
+    sa.Column("model", sa.Text, primary_key=True),
+    sa.Column(
+        "num_ctx",
+        sa.Integer,
+        sa.CheckConstraint("num_ctx IS NULL OR num_ctx >= 1", name="num_ctx_positive"),
+    ),
+    sa.Column("updated_at", UTCDateTime, nullable=False, server_default=sa.func.now()),
+    sa.CheckConstraint("length(model) >= 1", name="model_not_empty"),
 )

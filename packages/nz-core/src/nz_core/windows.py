@@ -60,18 +60,22 @@ def check_requests(admitted_at: Iterable[int], now_ms: int, limit: int) -> Windo
     )
 
 
-def check_window(in_window: Sequence[int], now_ms: int, limit: int) -> WindowCheck:
+def check_window(in_window: Sequence[int], now_ms: int, limit: int, count: int = 1) -> WindowCheck:
     """:func:`check_requests` for admission times already inside the window, oldest
-    first (a store that keeps them so pays nothing to sort or filter)."""
+    first (a store that keeps them so pays nothing to sort or filter). ``count`` is how
+    many requests the admission counts as (a fan-out of several backend calls)."""
     used = len(in_window)
-    if used < limit:
-        oldest = in_window[0] if in_window else now_ms
-        return WindowCheck(True, used, limit - used - 1, 0, oldest + REQUEST_WINDOW_MS - now_ms)
-    # ``used - limit + 1`` entries must leave before one more fits; the last of them is
-    # ``in_window[used - limit]``.
-    frees_at = in_window[used - limit] + REQUEST_WINDOW_MS
-    wait = max(1, frees_at - now_ms)
-    return WindowCheck(False, used, 0, wait, in_window[0] + REQUEST_WINDOW_MS - now_ms)
+    oldest = in_window[0] if in_window else now_ms
+    reset = oldest + REQUEST_WINDOW_MS - now_ms
+    if used + count <= limit:
+        return WindowCheck(True, used, limit - used - count, 0, reset)
+    if count > limit:
+        # It never fits: no wait helps, and a whole window is the honest least of it.
+        return WindowCheck(False, used, 0, REQUEST_WINDOW_MS, reset)
+    # ``used + count - limit`` entries must leave before this fits; the last of them is
+    # ``in_window[used + count - limit - 1]``.
+    frees_at = in_window[used + count - limit - 1] + REQUEST_WINDOW_MS
+    return WindowCheck(False, used, 0, max(1, frees_at - now_ms), reset)
 
 
 def token_bucket(now_ms: int) -> int:
@@ -114,11 +118,15 @@ def active_leases(expiries: Iterable[int], now_ms: int) -> int:
     return sum(1 for expiry in expiries if expiry > now_ms)
 
 
-def check_concurrency(expiries: Iterable[int], now_ms: int, limit: int) -> WindowCheck:
-    """Check the in-flight limit. A denied request can retry once a lease ends, which
-    cannot be predicted, so the wait is the sooner of 1 s and the earliest expiry."""
+def check_concurrency(
+    expiries: Iterable[int], now_ms: int, limit: int, count: int = 1
+) -> WindowCheck:
+    """Check the in-flight limit for a request that needs ``count`` slots. A denied
+    request can retry once a lease ends, which cannot be predicted, so the wait is the
+    sooner of 1 s and the earliest expiry."""
     live = sorted(e for e in expiries if e > now_ms)
     used = len(live)
-    if used < limit:
-        return WindowCheck(True, used, limit - used - 1, 0, 0)
-    return WindowCheck(False, used, 0, max(1, min(1000, live[0] - now_ms)), live[0] - now_ms)
+    if used + count <= limit:
+        return WindowCheck(True, used, limit - used - count, 0, 0)
+    first = live[0] - now_ms if live else 1000
+    return WindowCheck(False, used, 0, max(1, min(1000, first)), first if live else 0)

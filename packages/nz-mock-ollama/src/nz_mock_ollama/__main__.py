@@ -1,12 +1,14 @@
 """`nz-mock-ollama` / `python -m nz_mock_ollama`: serve until SIGINT or SIGTERM.
 
-Prints exactly one line to stderr once listening, `nz-mock-ollama listening on <url> (…)`,
-with the real port when started with `--port 0`.
+Prints exactly one line to stderr per node once listening,
+`nz-mock-ollama listening on <url> (…)`, in the order of the `--port` flags, with the real
+port when started with `--port 0`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import resource
 import signal
 import sys
@@ -26,21 +28,31 @@ def _raise_open_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
 
 
+class _CannotListen(Exception):
+    """A node's port could not be bound: `host:port: reason`."""
+
+
 async def _run(invocation: Invocation) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    config = invocation.config
     try:
-        server = MockServer(config, invocation.host, invocation.port)
-        async with server:
-            rate = f"{config.token_rate:g} tokens/s" if config.token_rate else "unpaced"
-            print(
-                f"nz-mock-ollama listening on {server.url} ({len(config.models)} models, {rate})",
-                file=sys.stderr,
-                flush=True,
-            )
+        async with contextlib.AsyncExitStack() as nodes:
+            for port, config in invocation.nodes:
+                try:
+                    server = await nodes.enter_async_context(
+                        MockServer(config, invocation.host, port)
+                    )
+                except OSError as exc:
+                    raise _CannotListen(f"{invocation.host}:{port}: {exc}") from None
+                rate = f"{config.token_rate:g} tokens/s" if config.token_rate else "unpaced"
+                print(
+                    f"nz-mock-ollama listening on {server.url} "
+                    f"({len(config.models)} models, {rate})",
+                    file=sys.stderr,
+                    flush=True,
+                )
             await stop.wait()
     finally:
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -53,10 +65,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     _raise_open_file_limit()
     try:
         asyncio.run(_run(invocation))
-    except OSError as exc:
-        raise SystemExit(
-            f"nz-mock-ollama: cannot listen on {invocation.host}:{invocation.port}: {exc}"
-        ) from None
+    except _CannotListen as exc:
+        raise SystemExit(f"nz-mock-ollama: cannot listen on {exc}") from None
 
 
 if __name__ == "__main__":

@@ -47,4 +47,6 @@ def create_app(
     route.add_post("/_mock/models", control.models)
     route.add_get("/_mock/config", control.config, allow_head=False)
     route.add_post("/_mock/config", control.config)
+    route.add_get("/_mock/node", control.node, allow_head=False)
+    route.add_post("/_mock/node", control.node)
     return app

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from nz_mock_ollama.faults import FaultSpec
+from nz_mock_ollama.node import NodeSettings
 
 __all__ = ["DEFAULT_MODELS", "MockConfig"]
 
@@ -29,6 +30,7 @@ class MockConfig:
     socket takes them); `response_tokens` is the length of an answer before `num_predict`
     or a stop sequence cuts it. `utc_offset_minutes` is the "local" offset printed in
     `modified_at`/`expires_at`, fixed so the output does not depend on the host's TZ.
+    `node` is how it behaves as an Ollama node (slots, loaded-model cap, load delays).
     """
 
     models: tuple[str, ...] = DEFAULT_MODELS
@@ -38,6 +40,7 @@ class MockConfig:
     utc_offset_minutes: int = -7 * 60
     faults: FaultSpec = field(default_factory=FaultSpec)
     refuse_connections_s: float = 0.0
+    node: NodeSettings = field(default_factory=NodeSettings)
 
     def __post_init__(self) -> None:
         if self.token_rate < 0:

@@ -2,7 +2,9 @@
 
 Token frames are the hot path (one per token per stream), so they are assembled from
 pre-encoded pieces instead of building and dumping a dict each time. Key order follows
-Ollama's Go structs; zero metrics are left out (`omitempty`).
+Ollama's Go structs; zero metrics are left out (`omitempty`). When the request asked
+for `logprobs`, each content frame carries its token's, and a whole answer all of them
+(`nz_mock_ollama.logprobs`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from nz_mock_ollama import gojson
+from nz_mock_ollama.logprobs import token_logprobs
 from nz_mock_ollama.replies import Reply
 from nz_mock_ollama.timestamps import utc_now
 
@@ -52,20 +55,35 @@ def context_ids(seed: int, count: int) -> list[int]:
     return [(seed + i * 2_654_435_761) % 128_256 for i in range(count)]
 
 
+def _logprobs_field(token: str, top: int | None) -> str:
+    """`,"logprobs":[…]` for one token frame, or nothing when they were not asked for."""
+    if top is None:
+        return ""
+    return ',"logprobs":' + gojson.dumps([token_logprobs(token, top)])
+
+
+def _all_logprobs(reply: Reply, top: int | None) -> dict[str, Any]:
+    if top is None or not reply.content:
+        return {}
+    return {"logprobs": [token_logprobs(token, top) for token in reply.content]}
+
+
 class ChatFrames:
-    """`/api/chat` frames for one request; `model` is echoed exactly as it was sent."""
+    """`/api/chat` frames for one request; `model` is echoed exactly as it was sent;
+    `logprobs` is how many alternatives each token lists (None: not asked)."""
 
-    __slots__ = ("_head", "_model")
+    __slots__ = ("_head", "_logprobs", "_model")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, logprobs: int | None = None) -> None:
         self._model = model
         self._head = '{"model":' + gojson.dumps(model) + ',"created_at":"'
+        self._logprobs = logprobs
 
     def content(self, token: str) -> bytes:
         """A content token frame."""
         return (
             f'{self._head}{utc_now()}","message":{{"role":"assistant","content":'
-            f'{_encoded(token)}}},"done":false}}\n'
+            f'{_encoded(token)}}},"done":false{_logprobs_field(token, self._logprobs)}}}\n'
         ).encode()
 
     def thinking(self, token: str) -> bytes:
@@ -96,6 +114,7 @@ class ChatFrames:
             "message": message,
             "done_reason": reply.done_reason,
             "done": True,
+            **(_all_logprobs(reply, self._logprobs) if whole else {}),
             **metrics.as_fields(),
         }
 
@@ -111,17 +130,21 @@ class ChatFrames:
 
 
 class GenerateFrames:
-    """`/api/generate` frames for one request."""
+    """`/api/generate` frames for one request (`logprobs` as for :class:`ChatFrames`)."""
 
-    __slots__ = ("_head", "_model")
+    __slots__ = ("_head", "_logprobs", "_model")
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, *, logprobs: int | None = None) -> None:
         self._model = model
         self._head = '{"model":' + gojson.dumps(model) + ',"created_at":"'
+        self._logprobs = logprobs
 
     def content(self, token: str) -> bytes:
         """A response token frame."""
-        return f'{self._head}{utc_now()}","response":{_encoded(token)},"done":false}}\n'.encode()
+        return (
+            f'{self._head}{utc_now()}","response":{_encoded(token)},"done":false'
+            f"{_logprobs_field(token, self._logprobs)}}}\n"
+        ).encode()
 
     def thinking(self, token: str) -> bytes:
         """A thinking token frame (empty `response`)."""
@@ -145,6 +168,8 @@ class GenerateFrames:
         if context is not None:
             frame["context"] = context
         frame.update(metrics.as_fields())
+        if whole:
+            frame.update(_all_logprobs(reply, self._logprobs))
         return frame
 
     def special(self, done_reason: str) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import re
 
-__all__ = ["DEFAULT_KEEP_ALIVE_S", "parse_keep_alive"]
+__all__ = ["DEFAULT_KEEP_ALIVE_S", "parse_keep_alive", "session_seconds"]
 
 DEFAULT_KEEP_ALIVE_S = 300.0
 
@@ -62,3 +62,12 @@ def parse_keep_alive(value: object) -> float | None:
     if math.isnan(seconds):
         raise ValueError(f'time: invalid duration "{value}"')
     return None if seconds < 0 or math.isinf(seconds) else seconds
+
+
+def session_seconds(value: object) -> float | None:
+    """`keep_alive` as a node applies it to a runner: None when the request sent none
+    (Ollama then keeps the runner's own), inf for forever. Raises as `parse_keep_alive`."""
+    if value is None:
+        return None
+    seconds = parse_keep_alive(value)
+    return math.inf if seconds is None else seconds

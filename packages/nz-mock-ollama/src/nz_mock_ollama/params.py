@@ -11,7 +11,7 @@ from nz_mock_ollama.catalogue import ModelEntry
 from nz_mock_ollama.errors import OllamaError
 from nz_mock_ollama.keep_alive import parse_keep_alive
 
-__all__ = ["DEFAULT_NUM_CTX", "Params", "parse_params"]
+__all__ = ["DEFAULT_NUM_CTX", "Params", "num_ctx_option", "parse_params"]
 
 DEFAULT_NUM_CTX = 4096
 _THINK_LEVELS = frozenset({"low", "medium", "high", "max"})
@@ -71,6 +71,12 @@ def _stops(value: object) -> tuple[str, ...]:
     return ()
 
 
+def num_ctx_option(options: Mapping[str, Any]) -> int:
+    """`options.num_ctx`, or the default when absent or not positive."""
+    num_ctx = _int_option(options, "num_ctx")
+    return num_ctx if num_ctx and num_ctx > 0 else DEFAULT_NUM_CTX
+
+
 def parse_params(body: Mapping[str, Any], entry: ModelEntry, model: str) -> Params:
     """Validate and extract the inference parameters of a chat or generate body."""
     options = body.get("options") or {}
@@ -78,13 +84,13 @@ def parse_params(body: Mapping[str, Any], entry: ModelEntry, model: str) -> Para
         keep_alive_s = parse_keep_alive(body.get("keep_alive"))
     except ValueError as exc:
         raise OllamaError(400, str(exc)) from None
-    num_ctx = _int_option(options, "num_ctx")
+    num_ctx = num_ctx_option(options)
     return Params(
         think=_think(body.get("think"), entry, model),
         fmt=_format(body.get("format")),
         num_predict=_int_option(options, "num_predict"),
         stops=_stops(options.get("stop")),
         seed=str(options.get("seed", "")),
-        num_ctx=num_ctx if num_ctx and num_ctx > 0 else DEFAULT_NUM_CTX,
+        num_ctx=num_ctx,
         keep_alive_s=keep_alive_s,
     )

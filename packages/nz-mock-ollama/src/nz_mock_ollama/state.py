@@ -13,7 +13,7 @@ from nz_mock_ollama.config import MockConfig
 from nz_mock_ollama.faults import Failure, FaultSpec, take_failure
 from nz_mock_ollama.generation import Corpus, default_corpus
 from nz_mock_ollama.received import ReceivedLog
-from nz_mock_ollama.residency import Residency
+from nz_mock_ollama.scheduler import Scheduler
 from nz_mock_ollama.stats import Stats
 
 __all__ = ["STATE", "MockState"]
@@ -21,8 +21,8 @@ __all__ = ["STATE", "MockState"]
 
 @dataclass(slots=True)
 class MockState:
-    """Models, faults, counters, received bodies and the generation knobs the control API
-    may change."""
+    """Models, faults, counters, received bodies, the loaded models (`scheduler`) and the
+    generation knobs the control API may change."""
 
     config: MockConfig
     catalogue: Catalogue
@@ -31,12 +31,15 @@ class MockState:
     response_tokens: int
     stats: Stats = field(default_factory=Stats)
     received: ReceivedLog = field(default_factory=ReceivedLog)
-    residency: Residency = field(default_factory=Residency)
     blobs: set[str] = field(default_factory=set)
     corpus: Corpus = field(default_factory=default_corpus)
     # Set by the server that owns the listener; `seconds -> until (epoch s)`.
     refuse_connections: Callable[[float], Awaitable[float]] | None = None
     refusing_until: float | None = None
+    scheduler: Scheduler = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.scheduler = Scheduler(self.config.node, self.stats)
 
     @classmethod
     def from_config(cls, config: MockConfig) -> MockState:
@@ -71,7 +74,7 @@ class MockState:
         self.received.clear()
         self.faults = FaultSpec()
         self.catalogue = Catalogue.from_names(self.config.models, self.config.utc_offset_minutes)
-        self.residency.clear()
+        self.scheduler.reset(self.config.node)
         self.blobs.clear()
         self.token_rate = self.config.token_rate
         self.response_tokens = self.config.response_tokens

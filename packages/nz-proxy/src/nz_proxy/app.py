@@ -25,13 +25,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from nz_core.database import create_engine, is_sqlite, normalize_url
 from nz_core.keys import KeyHasher
 from nz_proxy.admission.governor import Governor
+from nz_proxy.admission.listing import ListingLimit, MemoryListingWindow, RedisListingWindow
 from nz_proxy.admission.stores import StateStore
 from nz_proxy.admission.stores.memory import MemoryStore
 from nz_proxy.admission.stores.redis import RedisStore
 from nz_proxy.audit import AuditWriter
 from nz_proxy.auth import Authenticator
 from nz_proxy.breaker import CircuitBreaker
-from nz_proxy.discovery import Discovery, MemoryCatalogueStore, RedisCatalogueStore
+from nz_proxy.discovery import REDIS_KEY as CATALOGUE_KEY
+from nz_proxy.discovery import CatalogueStore, MemoryCatalogueStore, RedisCatalogueStore
 from nz_proxy.errors import (
     EndpointBlocked,
     GatewayError,
@@ -41,6 +43,9 @@ from nz_proxy.errors import (
     render,
 )
 from nz_proxy.exchange import exchange_of, surface_of
+from nz_proxy.fleet.fleet import Fleet
+from nz_proxy.fleet.inflight import MemoryInFlight, RedisInFlight
+from nz_proxy.fleet.topology import POLL_S, TopologyFollower
 from nz_proxy.gateway import Gateway
 from nz_proxy.keycache import LocalKeyCache, MemorySharedCache, RedisSharedCache
 from nz_proxy.logs import configure_logging
@@ -72,8 +77,8 @@ REDIS_DEADLINE_S: Final = 0.75
 def build_gateway(settings: Settings, *, upstream: Upstream | None = None) -> Gateway:
     """The services for ``settings``; nothing connects until :meth:`Gateway.start`.
 
-    ``upstream`` replaces the backend client (tests pass one in front of a fake backend,
-    as httpx's ``MockTransport`` is passed to a client)."""
+    ``upstream`` replaces the client of every backend node (tests pass one in front of
+    a fake backend, as httpx's ``MockTransport`` is passed to a client)."""
     engine = create_engine(settings.database_url)
     redis = (
         # from_pool: the client owns the pool, so closing the client closes it.
@@ -99,6 +104,11 @@ def build_gateway(settings: Settings, *, upstream: Upstream | None = None) -> Ga
     store: StateStore = (
         RedisStore(redis, deadline_s=REDIS_DEADLINE_S) if redis is not None else MemoryStore()
     )
+    listing_window = (
+        RedisListingWindow(redis, deadline_s=REDIS_DEADLINE_S)
+        if redis is not None
+        else MemoryListingWindow()
+    )
     audit = AuditWriter(engine, store, settings.zone, capacity=settings.audit_buffer_rows)
     governor = Governor(store, engine, audit, settings)
     shared_cache = (
@@ -112,27 +122,53 @@ def build_gateway(settings: Settings, *, upstream: Upstream | None = None) -> Ga
         shared=shared_cache,
         hasher=KeyHasher(),
     )
-    upstream = upstream or Upstream(
-        settings.ollama_base_url,
-        connect_timeout_s=settings.upstream_connect_timeout_s,
-        read_timeout_s=settings.upstream_read_timeout_s,
-        breaker=CircuitBreaker(settings.circuit_breaker_failures, settings.circuit_breaker_reset_s),
-    )
-    catalogue_store = (
-        RedisCatalogueStore(redis, settings.model_discovery_cache_ttl_s)
-        if redis is not None
-        else MemoryCatalogueStore()
-    )
-    discovery = Discovery(
-        upstream,
+
+    def connect(url: str) -> Upstream:
+        if upstream is not None:
+            return upstream
+        return Upstream(
+            url,
+            connect_timeout_s=settings.upstream_connect_timeout_s,
+            read_timeout_s=settings.upstream_read_timeout_s,
+            breaker=CircuitBreaker(
+                settings.circuit_breaker_failures, settings.circuit_breaker_reset_s
+            ),
+        )
+
+    def catalogue_store(node: str) -> CatalogueStore:
+        if redis is None:
+            return MemoryCatalogueStore()
+        return RedisCatalogueStore(
+            redis, settings.model_discovery_cache_ttl_s, f"{CATALOGUE_KEY}:{node}"
+        )
+
+    fleet = Fleet(
+        connect,
+        RedisInFlight(redis) if redis is not None else MemoryInFlight(),
         catalogue_store,
         refresh_s=settings.model_discovery_refresh_s,
         ttl_s=settings.model_discovery_cache_ttl_s,
+        lease_ms=int(settings.concurrency_lease_s * 1000),
+    )
+    sqlite = is_sqlite(settings.database_url)
+    topology = TopologyFollower(
+        engine,
+        fleet,
+        settings.configured_backends,
+        dsn=None if sqlite else asyncpg_dsn(settings.database_url),
     )
     lease_s = settings.concurrency_lease_s
     jobs = [
         Job("lease-renewal", governor.renew_step, first_after=lease_s / 3),
         Job("sweeper", partial(sweep_step, engine)),
+        Job("residency", partial(fleet.residency_step, settings.backend_ps_refresh_s)),
+        Job("backend-leases", fleet.renew_step, first_after=lease_s / 3),
+        Job(
+            "topology",
+            topology.poll_step if sqlite else topology.listen_step,
+            first_after=POLL_S if sqlite else 0.0,
+            interruptible=not sqlite,
+        ),
     ]
     if redis is not None:
         jobs.append(
@@ -143,7 +179,7 @@ def build_gateway(settings: Settings, *, upstream: Upstream | None = None) -> Ga
             )
         )
         jobs.append(Job("settlement-replay", governor.backlog.step))
-    if is_sqlite(settings.database_url):
+    if sqlite:
         jobs.append(Job("revocation", ChangePoller(engine, auth).step))
     else:
         listener = ChangeListener(asyncpg_dsn(settings.database_url), engine, auth)
@@ -153,10 +189,11 @@ def build_gateway(settings: Settings, *, upstream: Upstream | None = None) -> Ga
         engine=engine,
         redis=redis,
         auth=auth,
-        discovery=discovery,
-        upstream=upstream,
+        fleet=fleet,
+        topology=topology,
         admission=governor,
         store=store,
+        listing=ListingLimit(listing_window, settings.listing_rpm),
         audit=audit,
         supervisor=Supervisor(on_failure=background_failed),
         jobs=jobs,
@@ -222,7 +259,7 @@ def asgi_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
     finished request becomes a log line, an audit row and metrics."""
     gateway = gateway or build_gateway(settings)
     metrics = Metrics(
-        breaker_state=lambda: gateway.upstream.breaker.state.value,
+        fleet=gateway.fleet,
         audit_waiting=lambda: gateway.audit.waiting,
         verifications=lambda: gateway.auth.verifications,
         audit_lost=lambda: gateway.audit.lost,

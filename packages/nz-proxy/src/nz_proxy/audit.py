@@ -89,6 +89,8 @@ class AuditRow(msgspec.Struct, array_like=True, frozen=True):
     ttft_ms: int | None
     client_ip: str | None
     stream: bool
+    # Last, with a default: journal entries written before it existed still decode.
+    backend: str | None = None
 
     @property
     def ts(self) -> datetime:
@@ -112,6 +114,7 @@ class AuditRow(msgspec.Struct, array_like=True, frozen=True):
             "ttft_ms": self.ttft_ms,
             "client_ip": self.client_ip,
             "stream": self.stream,
+            "backend": self.backend,
         }
 
 
@@ -170,6 +173,7 @@ def row_of(exchange: Exchange, *, status: int | None = None) -> AuditRow:
         ttft_ms=exchange.ttft_ms,
         client_ip=exchange.client_ip,
         stream=exchange.stream,
+        backend=exchange.backend,
     )
 
 
@@ -195,6 +199,7 @@ def sanitised(row: AuditRow) -> AuditRow:
         endpoint=clean_text(row.endpoint),
         model=None if row.model is None else clean_text(row.model),
         client_ip=None if row.client_ip is None else clean_text(row.client_ip, 64),
+        backend=None if row.backend is None else clean_text(row.backend, 64),
         tokens_in=_bounded(row.tokens_in),
         tokens_out=_bounded(row.tokens_out),
         status=_bounded(row.status, _SMALLINT_MAX),

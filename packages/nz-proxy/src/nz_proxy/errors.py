@@ -8,10 +8,13 @@ in the package writes an error body, so every surface stays consistent (SPEC §6
 ``GatewayError``
     ``InvalidRequest`` (400), ``InvalidApiKey`` (401), ``PermissionDenied`` (403:
     ``ModelNotAllowed``, ``EndpointBlocked``, ``ScopeMissing``), ``RouteNotFound``
-    (404), ``MethodNotAllowed`` (405), ``RequestTooLarge`` (413), ``LimitExceeded``
-    (429), ``BudgetExhausted`` (429), ``UpstreamRejected`` (the backend's 4xx),
-    ``UpstreamUnavailable`` (502), ``GatewayUnavailable`` (503), ``VerificationBusy``
-    (503), ``UpstreamTimeout`` (504).
+    (404), ``MethodNotAllowed`` (405), ``RequestTooLarge`` (413),
+    ``UnsupportedEncoding`` (415), ``LimitExceeded`` (429), ``BudgetExhausted`` (429),
+    ``UpstreamRejected`` (the backend's 4xx), ``UpstreamUnavailable`` (502),
+    ``GatewayUnavailable`` (503), ``VerificationBusy`` (503), ``UpstreamTimeout`` (504).
+
+A refusal that waiting cures says how long in its message too (``retry in 12 s.``),
+not only in ``Retry-After``: chat front-ends such as Open WebUI show the body alone.
 """
 
 from __future__ import annotations
@@ -36,12 +39,31 @@ __all__ = [
     "RouteNotFound",
     "ScopeMissing",
     "Surface",
+    "UnsupportedEncoding",
     "UpstreamRejected",
     "UpstreamTimeout",
     "UpstreamUnavailable",
     "VerificationBusy",
     "render",
+    "wait_in_words",
 ]
+
+
+def wait_in_words(ms: int) -> str:
+    """A wait as a person reads it, never shorter than the ``Retry-After`` it goes
+    with: ``12 s``, ``4 min 10 s``, ``5 h 20 min``, ``3 d 4 h``. Up to a minute (every
+    rate limit's wait, SPEC §4.4) it is the ``Retry-After`` number itself."""
+    seconds = max(1, -(-ms // 1000))
+    if seconds <= 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        minutes, rest = divmod(seconds, 60)
+        return f"{minutes} min {rest} s" if rest else f"{minutes} min"
+    if seconds < 86_400:
+        hours, minutes = divmod(-(-seconds // 60), 60)
+        return f"{hours} h {minutes} min" if minutes else f"{hours} h"
+    days, hours = divmod(-(-seconds // 3600), 24)
+    return f"{days} d {hours} h" if hours else f"{days} d"
 
 
 class Surface(Enum):
@@ -180,22 +202,45 @@ class MethodNotAllowed(GatewayError):
 
 
 class RequestTooLarge(GatewayError):
+    """Over ``MAX_REQUEST_BYTES`` as sent or, for a compressed body, once ``decoded``."""
+
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
 
-    def __init__(self, limit: int) -> None:
-        super().__init__(f"Request body exceeds {limit} bytes.")
+    def __init__(self, limit: int, *, decoded: bool = False) -> None:
+        if decoded:
+            super().__init__(f"Request body exceeds {limit} bytes once decompressed.")
+        else:
+            super().__init__(f"Request body exceeds {limit} bytes.")
+
+
+class UnsupportedEncoding(GatewayError):
+    """A ``Content-Encoding`` the gateway does not undo; ``Accept-Encoding`` lists the
+    ones it does (RFC 9110 §15.5.16)."""
+
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_encoding"
+
+    def __init__(self, message: str, *, accepted: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.accepted = accepted
+
+    def headers(self) -> dict[str, str]:
+        return {"Accept-Encoding": ", ".join(self.accepted)}
 
 
 class LimitExceeded(GatewayError):
-    """rpm, tpm or concurrency; ``code`` names which."""
+    """rpm, tpm, concurrency or the listing allowance; ``code`` names which. The
+    message gets the wait appended: ``Request rate limit reached; retry in 12 s.``"""
 
     status = 429
     type = "rate_limit_exceeded"
 
     def __init__(self, code: str, message: str, *, retry_after_ms: int) -> None:
-        super().__init__(message, retry_after_ms=retry_after_ms)
+        worded = f"{message.removesuffix('.')}; retry in {wait_in_words(retry_after_ms)}."
+        super().__init__(worded, retry_after_ms=retry_after_ms)
         self.code = code
 
 
@@ -207,9 +252,12 @@ class BudgetExhausted(GatewayError):
     code = "budget_exhausted"
 
     def __init__(self, period: str, *, retry_after_ms: int | None) -> None:
-        super().__init__(
-            f"Token budget exhausted for period '{period}'.", retry_after_ms=retry_after_ms
-        )
+        message = f"Token budget exhausted for period '{period}'"
+        if retry_after_ms is None:
+            message += ", which never resets; ask for a larger budget."
+        else:
+            message += f"; retry in {wait_in_words(retry_after_ms)}, when it resets."
+        super().__init__(message, retry_after_ms=retry_after_ms)
         self.period = period
 
 
@@ -251,7 +299,10 @@ class VerificationBusy(GatewayError):
     code = "verification_busy"
 
     def __init__(self, *, retry_after_ms: int) -> None:
-        super().__init__("Key verification is busy; retry later.", retry_after_ms=retry_after_ms)
+        super().__init__(
+            f"Key verification is busy; retry in {wait_in_words(retry_after_ms)}.",
+            retry_after_ms=retry_after_ms,
+        )
 
 
 class UpstreamTimeout(GatewayError):

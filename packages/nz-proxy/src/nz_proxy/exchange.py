@@ -145,6 +145,7 @@ class Exchange:
     # The model passed the key's policy: only then may it become a metrics label.
     model_allowed: bool = False
     stream: bool = False
+    backend: str | None = None  # the node that served it (never shown to the client)
     status: int = 0
     tokens_in: int = 0
     tokens_out: int = 0

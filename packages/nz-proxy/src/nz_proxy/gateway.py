@@ -6,27 +6,32 @@ import asyncio
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from typing import Final
 
 import structlog
 from redis.asyncio import Redis
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from nz_core.credentials import KeyPolicy
-from nz_core.errors import MalformedKey
+from nz_core.errors import DatabaseUnreachable, MalformedKey
 from nz_core.keys import parse_key
 from nz_proxy.admission import Admission
+from nz_proxy.admission.listing import ListingLimit
 from nz_proxy.admission.stores import StateStore
 from nz_proxy.audit import AuditWriter
 from nz_proxy.auth import Authenticator, presented_key
-from nz_proxy.discovery import Discovery
 from nz_proxy.exchange import Exchange
+from nz_proxy.fleet.fleet import Fleet
+from nz_proxy.fleet.topology import TopologyFollower
 from nz_proxy.settings import Settings
 from nz_proxy.supervisor import Job, Supervisor
-from nz_proxy.upstream import Upstream
 
 log = structlog.get_logger("nz_proxy.gateway")
 
 __all__ = ["Gateway"]
+
+DATABASE_ERRORS: Final = (DatabaseUnreachable, SQLAlchemyError, OSError)
 
 
 @dataclass(slots=True)
@@ -35,10 +40,11 @@ class Gateway:
     engine: AsyncEngine
     redis: Redis | None
     auth: Authenticator
-    discovery: Discovery
-    upstream: Upstream
+    fleet: Fleet
+    topology: TopologyFollower
     admission: Admission
     store: StateStore
+    listing: ListingLimit
     audit: AuditWriter
     supervisor: Supervisor
     # Background work the composition root chose for this storage mode.
@@ -47,13 +53,18 @@ class Gateway:
     _idle: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def start(self) -> None:
-        """Open the backend session and start the background work."""
+        """Connect to the backends and start the background work."""
         self._idle.set()
-        await self.upstream.start()
-        # The first discovery runs before serving: a fresh process knows the models.
-        await self.discovery.refresh()
+        # The nodes and their first catalogues before serving: a fresh process knows the
+        # models. A database not reachable yet leaves the configured nodes until it is.
+        try:
+            await self.topology.sync()
+        except DATABASE_ERRORS as exc:
+            log.warning("topology_unavailable", error=type(exc).__name__)
+            await self.fleet.apply(self.topology.configured)
         for job in (
-            Job("discovery", self.discovery.step, first_after=self.discovery.refresh_s),
+            # After a first poll that failed, the next comes in seconds, not a minute.
+            Job("discovery", self.fleet.catalogue_step, first_after=self.fleet.until_next_poll()),
             Job("audit", self.audit.step, wake=self.audit.wake),
             *self.jobs,
         ):
@@ -82,7 +93,7 @@ class Gateway:
         await self.auth.close()
         await self.admission.close()
         await self.audit.drain(timeout_s=10.0)
-        await self.upstream.close()
+        await self.fleet.close()
         await self.store.close()
         if self.redis is not None:
             await self.redis.aclose()

@@ -41,9 +41,21 @@ async def _redis(gateway: Gateway) -> None:
 
 
 async def _backend(gateway: Gateway) -> None:
-    reply = await gateway.upstream.send("GET", "/api/version", guarded=False)
-    await reply.read()
-    if reply.status >= 500:
+    """Ready while one node can serve (the others' requests go to it)."""
+    nodes = gateway.fleet.usable()
+    replies = await asyncio.gather(
+        *(b.upstream.send("GET", "/api/version", guarded=False) for b in nodes),
+        return_exceptions=True,
+    )
+    healthy = False
+    for reply in replies:
+        if isinstance(reply, BaseException):
+            if not isinstance(reply, GatewayError):
+                raise reply
+            continue
+        await reply.read()
+        healthy = healthy or reply.status < 500
+    if not healthy:
         raise GatewayError("backend failing")
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Final
 
@@ -21,12 +21,13 @@ import msgspec
 import structlog
 
 from nz_core.budgets import estimate_prompt_tokens
+from nz_core.credentials import KeyPolicy
 from nz_core.models import may_use, model_key
 from nz_core.scopes import Scope
 from nz_proxy.admission import Ask, Ticket
 from nz_proxy.admission.stores import Settled
 from nz_proxy.audit import PromptRecord, encode_row, row_of
-from nz_proxy.body import ClientGone, decode_object, read_body
+from nz_proxy.body import ClientGone, decode_object, header_fields, read_body
 from nz_proxy.disconnect import DisconnectWatch
 from nz_proxy.errors import (
     GatewayError,
@@ -39,11 +40,15 @@ from nz_proxy.errors import (
     UpstreamUnavailable,
 )
 from nz_proxy.exchange import Exchange, exchange_of
+from nz_proxy.fanout import fan_out, forward_choices
+from nz_proxy.fleet.fleet import Calls
+from nz_proxy.fleet.policy import apply_keep_alive, apply_num_ctx, requested_num_ctx
 from nz_proxy.gateway import Gateway
 from nz_proxy.promptlog import Transcript
 from nz_proxy.translation.answers import (
     Answer,
     ChatAnswer,
+    ChoicesAnswer,
     CompletionAnswer,
     EmbeddingsAnswer,
     NativeAnswer,
@@ -57,7 +62,9 @@ from nz_proxy.translation.native import (
     requested_completion_cap,
 )
 from nz_proxy.translation.requests import (
+    batch_prompts,
     chat_request,
+    choice_count,
     completion_request,
     embeddings_request,
     include_usage,
@@ -96,6 +103,15 @@ class Prepared:
     answer: Answer
     # The same answer when the client asked for a stream, else None.
     streamer: StreamingAnswer | None = None
+    # The backend calls of a request for several choices (n, a batch of prompts), and
+    # the same answer, which holds them all (nz_proxy.fanout); else none.
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    choices: ChoicesAnswer | None = None
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        """What goes to the backend: one body per call."""
+        return self.calls or [self.native]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,7 +120,8 @@ class Inference:
     surface: Surface
     scope: Scope
     upstream: str
-    prepare: Callable[[dict[str, Any]], Prepared]
+    # The body, and the most choices a request may ask for (MAX_CHOICES).
+    prepare: Callable[[dict[str, Any], int], Prepared]
 
     @property
     def generates(self) -> bool:
@@ -115,25 +132,41 @@ class Inference:
 # -- how each endpoint's request is read ---------------------------------------
 
 
-def _openai_chat(body: dict[str, Any]) -> Prepared:
+def _openai_chat(body: dict[str, Any], max_choices: int) -> Prepared:
     body = canonical(body, shape_of(ChatCompletionRequest))
     native = chat_request(body)
-    answer = ChatAnswer(native["model"], include_usage(body))
-    return Prepared(native, native["model"], native["stream"], answer, _if(native, answer))
+    calls = fan_out(native, choice_count(body), max_choices)
+    answer = ChatAnswer(
+        native["model"], include_usage(body), choices=len(calls), logprobs=_logprobs(native)
+    )
+    return _generation(native, answer, calls)
 
 
-def _openai_completion(body: dict[str, Any]) -> Prepared:
+def _openai_completion(body: dict[str, Any], max_choices: int) -> Prepared:
     body = canonical(body, shape_of(CompletionRequest))
     native = completion_request(body)
-    answer = CompletionAnswer(native["model"], include_usage(body))
-    return Prepared(native, native["model"], native["stream"], answer, _if(native, answer))
+    calls = fan_out(native, choice_count(body), max_choices, batch_prompts(body))
+    answer = CompletionAnswer(
+        native["model"], include_usage(body), choices=len(calls), logprobs=_logprobs(native)
+    )
+    return _generation(native, answer, calls)
 
 
-def _if(native: dict[str, Any], answer: StreamingAnswer) -> StreamingAnswer | None:
-    return answer if native["stream"] else None
+def _logprobs(native: dict[str, Any]) -> bool:
+    return native.get("logprobs") is True
 
 
-def _openai_embeddings(body: dict[str, Any]) -> Prepared:
+def _generation(
+    native: dict[str, Any], answer: ChatAnswer | CompletionAnswer, calls: list[dict[str, Any]]
+) -> Prepared:
+    """An OpenAI generation, of one call or several."""
+    streamer = answer if native["stream"] else None
+    if len(calls) == 1:
+        return Prepared(native, native["model"], native["stream"], answer, streamer)
+    return Prepared(native, native["model"], native["stream"], answer, streamer, calls, answer)
+
+
+def _openai_embeddings(body: dict[str, Any], _max_choices: int) -> Prepared:
     native, encoding = embeddings_request(canonical(body, shape_of(EmbeddingsRequest)))
     model = native["model"]
     return Prepared(native, model, False, EmbeddingsAnswer(model, encoding))
@@ -146,7 +179,9 @@ def _native_model(body: dict[str, Any]) -> str:
     return model
 
 
-def _native_generation(schema: type[msgspec.Struct], body: dict[str, Any]) -> Prepared:
+def _native_generation(
+    schema: type[msgspec.Struct], body: dict[str, Any], _max_choices: int
+) -> Prepared:
     body = canonical(body, shape_of(schema))
     model = _native_model(body)
     stream = body.get("stream")
@@ -159,12 +194,12 @@ def _native_generation(schema: type[msgspec.Struct], body: dict[str, Any]) -> Pr
     return Prepared(body, model, stream, answer, answer if stream else None)
 
 
-def _native_embed(body: dict[str, Any]) -> Prepared:
+def _native_embed(body: dict[str, Any], _max_choices: int) -> Prepared:
     body = read(body, OllamaEmbedRequest)
     return Prepared(body, _native_model(body), False, NativeAnswer())
 
 
-def _native_legacy_embeddings(body: dict[str, Any]) -> Prepared:
+def _native_legacy_embeddings(body: dict[str, Any], _max_choices: int) -> Prepared:
     body = read(body, OllamaEmbeddingsRequest)
     # The legacy answer has no prompt_eval_count: the prompt is charged at its estimate.
     return Prepared(body, _native_model(body), False, NativeAnswer(counts_prompt=False))
@@ -214,7 +249,7 @@ async def serve_inference(
 ) -> None:
     exchange = exchange_of(scope)
     exchange.endpoint = endpoint.path
-    headers = dict(scope["headers"])
+    headers = header_fields(scope["headers"])
     try:
         if scope["method"] != "POST":
             raise MethodNotAllowed(("POST",))
@@ -222,24 +257,36 @@ async def serve_inference(
         if endpoint.scope not in policy.scopes:
             raise ScopeMissing(endpoint.scope.value)
         raw = await read_body(receive, headers, gateway.settings.max_request_bytes)
-        prepared = await decode_object(raw, endpoint.prepare)
+        max_choices = gateway.settings.max_choices
+        prepared = await decode_object(raw, lambda body: endpoint.prepare(body, max_choices))
         check_keep_alive(prepared.native)
         model = model_key(prepared.model)
         exchange.note_model(model or prepared.model)
         exchange.stream = prepared.stream
-        if not may_use(policy.models, gateway.discovery.require().names, model):
+        if model is None or not may_use(policy.models, gateway.fleet.require().names, model):
             raise ModelNotAllowed
         exchange.model_allowed = True
-        estimate = estimate_prompt_tokens(
-            *prompt_text_bytes(prepared.native),
-            image_tokens=gateway.settings.budget_image_tokens,
+        calls = Calls(
+            gateway.fleet,
+            model,
+            await _residency(gateway, policy, model, prepared),
+            exchange.id.hex,
         )
+        # Each backend call is estimated on its own (the prompts of a batch differ).
+        estimates = [
+            estimate_prompt_tokens(
+                *prompt_text_bytes(body), image_tokens=gateway.settings.budget_image_tokens
+            )
+            for body in prepared.bodies
+        ]
+        estimate = sum(estimates)
         ask = Ask(
             rid=exchange.id.hex,
             inference=True,
             prompt_estimate=estimate,
             requested_cap=requested_completion_cap(prepared.native) if endpoint.generates else None,
             generates=endpoint.generates,
+            count=len(estimates),
         )
         journal = _admission_row(gateway, exchange, estimate)
         ticket = await gateway.admission.admit(policy, ask, journal)
@@ -253,7 +300,31 @@ async def serve_inference(
         return
     transcript = Transcript() if policy.prompt_log else None
     with gateway.in_flight():
-        await _forward(gateway, endpoint, prepared, ticket, exchange, receive, send, transcript)
+        try:
+            if prepared.choices is not None:
+                await forward_choices(
+                    calls,
+                    endpoint.upstream,
+                    endpoint.surface,
+                    prepared.calls,
+                    estimates,
+                    prepared.choices,
+                    prepared.stream,
+                    ticket,
+                    exchange,
+                    receive,
+                    send,
+                    refuse=upstream_error,
+                    settle=partial(_settle, gateway, ticket, exchange),
+                    transcript=transcript,
+                )
+            else:
+                await _forward(
+                    gateway, endpoint, prepared, calls, ticket, exchange, receive, send, transcript
+                )
+        finally:
+            exchange.backend = calls.backend
+            await asyncio.shield(calls.finish())  # the node's slot, on every exit
     if transcript is not None:
         _log_prompt(gateway, exchange, raw, transcript)
 
@@ -292,6 +363,7 @@ async def _forward(
     gateway: Gateway,
     endpoint: Inference,
     prepared: Prepared,
+    calls: Calls,
     ticket: Ticket,
     exchange: Exchange,
     receive: Receive,
@@ -307,7 +379,8 @@ async def _forward(
         if ticket.cap is not None:
             apply_completion_cap(prepared.native, ticket.cap)
         try:
-            reply = await gateway.upstream.send("POST", endpoint.upstream, _encode(prepared.native))
+            reply = await calls.send("POST", endpoint.upstream, _encode(prepared.native))
+            exchange.backend = calls.backend
             if reply.status != 200:
                 raise await upstream_error(reply)
             answered = True
@@ -343,6 +416,24 @@ async def _forward(
         exchange.tokens_in, exchange.tokens_out = tokens_in, tokens_out
         # Settlement must not be lost to a cancellation arriving meanwhile.
         await asyncio.shield(_settle(gateway, ticket, exchange))
+
+
+async def _residency(
+    gateway: Gateway, policy: KeyPolicy, model: str, prepared: Prepared
+) -> int | None:
+    """The residency policy (SPEC §4.12) on every backend call of the request; returns
+    the context size they need loaded."""
+    settings = gateway.settings
+    bounds = (settings.keep_alive_min_s, settings.keep_alive_max_s)
+    pinned = gateway.topology.topology.pinned_num_ctx(model)
+    needs: int | None = None
+    for body in prepared.bodies:
+        apply_keep_alive(body, policy.scopes, bounds)
+        length = None
+        if pinned is None and requested_num_ctx(body) is not None:
+            length = await gateway.fleet.context_length(model)
+        needs = apply_num_ctx(body, pinned, length)
+    return needs
 
 
 async def _settle(gateway: Gateway, ticket: Ticket, exchange: Exchange) -> None:

@@ -3,13 +3,17 @@ call them, and each shows only the key's effective set.
 
 ``/v1/models`` answers from discovery. ``/api/tags`` and ``/api/ps`` ask the backend
 and filter its answer; ``/api/show`` first checks the model; ``/api/version`` is passed
-through. They count towards the key's request rate, not its tokens.
+through. They count against the key's listing allowance
+(:mod:`nz_proxy.admission.listing`), never its ``rpm``, ``tpm`` or ``concurrent``: a
+front-end that lists models on every page load leaves the key's messages their
+allowance.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
 
@@ -18,7 +22,7 @@ import msgspec
 from nz_core.credentials import KeyPolicy
 from nz_core.models import may_use, model_key
 from nz_proxy.admission import Ask
-from nz_proxy.body import ClientGone, parse_json_object, read_body
+from nz_proxy.body import ClientGone, header_fields, parse_json_object, read_body
 from nz_proxy.errors import (
     GatewayError,
     InvalidRequest,
@@ -33,7 +37,7 @@ from nz_proxy.inference import upstream_error
 from nz_proxy.translation.replies import model_object, models_list
 from nz_proxy.translation.responses import MEDIA_JSON, answer_unread_body, send_bytes, send_error
 from nz_proxy.types import AsgiScope, Receive, Send
-from nz_proxy.upstream import StreamBroken
+from nz_proxy.upstream import Reply, StreamBroken
 from nz_proxy.wire import conform
 from nz_proxy.wire.gokeys import canonical, shape_of
 from nz_proxy.wire.ollama import OllamaShowRequest
@@ -75,7 +79,11 @@ async def serve_listing(
         if scope["method"] not in methods:
             raise MethodNotAllowed(tuple(methods))
         policy = await gateway.authenticate(exchange, scope["headers"])
-        ticket = await gateway.admission.admit(policy, Ask(rid=exchange.id.hex, inference=False))
+        await gateway.listing.admit(policy.prefix, exchange.id.hex)
+        # Without its rpm, the key's admission counts nothing and refuses nothing for a
+        # listing: it only reads the token window and budgets, for the headers (§6.5).
+        uncounted = replace(policy, limits=replace(policy.limits, rpm=None))
+        ticket = await gateway.admission.admit(uncounted, Ask(rid=exchange.id.hex, inference=False))
     except GatewayError as error:
         await _refuse(send, exchange, error, surface)
         return
@@ -103,8 +111,7 @@ async def _refuse(
     await send_error(send, error, surface, headers)
 
 
-async def _backend_json(gateway: Gateway, method: str, path: str, body: bytes | None = None) -> Any:
-    reply = await gateway.upstream.send(method, path, body)
+async def _json(reply: Reply) -> Any:
     if reply.status != 200:
         raise await upstream_error(reply)
     try:
@@ -113,8 +120,28 @@ async def _backend_json(gateway: Gateway, method: str, path: str, body: bytes | 
         raise UpstreamUnavailable from None
 
 
+async def _backend_json(
+    gateway: Gateway, path: str, body: bytes | None = None, model: str | None = None
+) -> Any:
+    return await _json(await gateway.fleet.ask(path, body, model))
+
+
+async def _union(gateway: Gateway, path: str) -> list[Any]:
+    """The ``models`` of every node that answered, each model once (nothing says which
+    node has what: SPEC §4.10)."""
+    seen: dict[str, Any] = {}
+    for reply in await gateway.fleet.ask_each(path):
+        answer = await _json(reply)
+        models = answer.get("models") if isinstance(answer, dict) else None
+        for entry in models if isinstance(models, list) else []:
+            name = entry.get("model") or entry.get("name") if isinstance(entry, dict) else None
+            if isinstance(name, str):
+                seen.setdefault(name, entry)
+    return list(seen.values())
+
+
 def _allowed_entries(gateway: Gateway, policy: KeyPolicy, entries: object) -> list[dict[str, Any]]:
-    discovered = gateway.discovery.require().names
+    discovered = gateway.fleet.require().names
     if not isinstance(entries, list):
         return []
     kept = []
@@ -130,7 +157,7 @@ def _allowed_entries(gateway: Gateway, policy: KeyPolicy, entries: object) -> li
 async def openai_models(
     gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive
 ) -> bytes:
-    entries = list(gateway.discovery.require().entries.values())
+    entries = list(gateway.fleet.require().entries.values())
     objects = [
         model_object(str(entry.get("model") or entry.get("name")), _unix(entry.get("modified_at")))
         for entry in _allowed_entries(gateway, policy, entries)
@@ -146,7 +173,7 @@ async def openai_model(
     name = model_key(requested)
     exchange = exchange_of(scope)
     exchange.note_model(name or requested)
-    catalogue = gateway.discovery.require()
+    catalogue = gateway.fleet.require()
     if name is None or not may_use(policy.models, catalogue.names, name):
         raise ModelNotAllowed
     exchange.model_allowed = True
@@ -155,19 +182,17 @@ async def openai_model(
 
 
 async def tags(gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive) -> bytes:
-    answer = await _backend_json(gateway, "GET", "/api/tags")
-    models = answer.get("models") if isinstance(answer, dict) else None
+    models = await _union(gateway, "/api/tags")
     return _encode({"models": _allowed_entries(gateway, policy, models)})
 
 
 async def running(gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive) -> bytes:
-    answer = await _backend_json(gateway, "GET", "/api/ps")
-    models = answer.get("models") if isinstance(answer, dict) else None
+    models = await _union(gateway, "/api/ps")
     return _encode({"models": _allowed_entries(gateway, policy, models)})
 
 
 async def show(gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive) -> bytes:
-    headers = dict(scope["headers"])
+    headers = header_fields(scope["headers"])
     body = parse_json_object(await read_body(receive, headers, gateway.settings.max_request_bytes))
     body = canonical(body, shape_of(OllamaShowRequest))
     conform(body, OllamaShowRequest)
@@ -178,14 +203,14 @@ async def show(gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: R
     name = model_key(requested)
     exchange = exchange_of(scope)
     exchange.note_model(name or requested)
-    if not may_use(policy.models, gateway.discovery.require().names, name):
+    if not may_use(policy.models, gateway.fleet.require().names, name):
         raise ModelNotAllowed
     exchange.model_allowed = True
-    return _encode(await _backend_json(gateway, "POST", "/api/show", _encode(body)))
+    return _encode(await _backend_json(gateway, "/api/show", _encode(body), name))
 
 
 async def version(gateway: Gateway, policy: KeyPolicy, scope: AsgiScope, receive: Receive) -> bytes:
-    return _encode(await _backend_json(gateway, "GET", "/api/version"))
+    return _encode(await _backend_json(gateway, "/api/version"))
 
 
 LISTINGS: Final[dict[str, tuple[tuple[str, ...], Handler]]] = {

@@ -23,6 +23,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from nz_proxy.exchange import Exchange
+from nz_proxy.fleet.fleet import Fleet
 
 __all__ = ["CONTENT_TYPE", "Metrics", "background_failed", "render"]
 
@@ -52,8 +53,31 @@ UPSTREAM_FAILURES = Counter(
 )
 BREAKER = Gauge(
     "gateway_circuit_breaker_state",
-    "The backend circuit: 0 closed, 1 open, 2 half-open (the worst worker).",
+    "A backend node's circuit: 0 closed, 1 open, 2 half-open (the worst worker).",
+    ["backend"],
     multiprocess_mode="livemax",
+)
+BACKEND_IN_FLIGHT = Gauge(
+    "gateway_backend_in_flight",
+    "Requests running on a backend node, every worker's.",
+    ["backend"],
+    multiprocess_mode="livesum",
+)
+BACKEND_TTFB = Gauge(
+    "gateway_backend_ttfb_seconds",
+    "A node's time to first byte for a warm model (the routing estimate, Peak-EWMA).",
+    ["backend", "model"],
+    multiprocess_mode="livemax",
+)
+LOADS = Counter(
+    "gateway_backend_loads",
+    "Requests routed to a node that did not have their model loaded (cold loads).",
+    ["backend"],
+)
+ROUTES = Counter(
+    "gateway_routing_decisions",
+    "Routing decisions by node and reason (warm, queue, spill, join, cold).",
+    ["backend", "reason"],
 )
 AUDIT_WAITING = Gauge(
     "gateway_audit_rows_waiting",
@@ -85,12 +109,14 @@ class Metrics:
 
     def __init__(
         self,
-        breaker_state: Callable[[], int],
+        fleet: Fleet,
         audit_waiting: Callable[[], int],
         verifications: Callable[[], int],
         audit_lost: Callable[[], int] = lambda: 0,
     ) -> None:
-        self._breaker_state = breaker_state
+        self._fleet = fleet
+        self._routed: dict[tuple[str, str], int] = {}
+        self._loads: dict[str, int] = {}
         self._audit_waiting = audit_waiting
         self._verifications = verifications
         self._verified = 0
@@ -113,7 +139,7 @@ class Metrics:
             TOKENS.labels(tenant, model, "out").inc(exchange.tokens_out)
         if exchange.error in _UPSTREAM_CODES:
             UPSTREAM_FAILURES.labels(_UPSTREAM_CODES[exchange.error]).inc()
-        BREAKER.set(self._breaker_state())
+        self._observe_fleet()
         AUDIT_WAITING.set(self._audit_waiting())
         verified = self._verifications()
         if verified > self._verified:
@@ -123,6 +149,23 @@ class Metrics:
         if lost > self._lost:
             AUDIT_LOST.inc(lost - self._lost)
             self._lost = lost
+
+    def _observe_fleet(self) -> None:
+        for name, backend in self._fleet.backends.items():
+            BREAKER.labels(name).set(backend.upstream.breaker.state.value)
+            BACKEND_IN_FLIGHT.labels(name).set(backend.local_in_flight)
+            loads = backend.loads - self._loads.get(name, 0)
+            if loads > 0:
+                LOADS.labels(name).inc(loads)
+                self._loads[name] = backend.loads
+            for model, estimate in backend.estimates.items():
+                if estimate.ttfb.measured:
+                    BACKEND_TTFB.labels(name, model).set(estimate.ttfb.value)
+        for (name, reason), count in self._fleet.decisions.items():
+            new = count - self._routed.get((name, reason), 0)
+            if new > 0:
+                ROUTES.labels(name, reason).inc(new)
+                self._routed[(name, reason)] = count
 
 
 def background_failed(job: str, kind: str) -> None:

@@ -81,13 +81,14 @@ _DESCRIPTIONS: Final = {
     401: "A missing, malformed, unknown, wrong or revoked key: one identical body.",
     403: "A model outside the key's set (or nonexistent), or a missing scope.",
     408: "The body did not arrive whole within 60 s.",
-    413: "The body exceeds `MAX_REQUEST_BYTES`.",
+    413: "The body exceeds `MAX_REQUEST_BYTES`, as sent or once decompressed.",
+    415: "A `Content-Encoding` other than gzip, deflate, br, zstd (or more than one).",
     429: "A rate, token or concurrency limit, or an exhausted budget (`Retry-After`).",
     502: "The backend is unreachable, failing or its circuit is open.",
     503: "The gateway fails closed: its database or state store is unreachable.",
     504: "The backend timed out before its first byte.",
 }
-_INFERENCE: Final = (400, 401, 403, 408, 413, 429, 502, 503, 504)
+_INFERENCE: Final = (400, 401, 403, 408, 413, 415, 429, 502, 503, 504)
 _LISTING: Final = (401, 429, 502, 503, 504)
 
 
@@ -134,7 +135,7 @@ OPERATIONS: Final = (
     Operation("GET", "/api/ps", "ollamaPs", _OLLAMA, "The key's models loaded in memory",
               OllamaModels, errors=_LISTING),
     Operation("POST", "/api/show", "ollamaShow", _OLLAMA, "A model's details", OllamaShowReply,
-              OllamaShowRequest, (400, 403, 408, 413, *_LISTING)),
+              OllamaShowRequest, (400, 403, 408, 413, 415, *_LISTING)),
     Operation("GET", "/api/version", "ollamaVersion", _OLLAMA, "The backend's version",
               OllamaVersion, errors=_LISTING),
     Operation("GET", "/healthz", "healthz", _PROBES, "Liveness", Health, secured=False),
@@ -236,6 +237,12 @@ _STREAMS: Final = {
 _EMPTY: Final = {"enum": ["", None]}
 # Rules between fields, which msgspec types cannot state.
 _RULES: Final[dict[str, dict[str, Any]]] = {
+    "ChatCompletionRequest": {
+        "anyOf": [
+            {"properties": {"top_logprobs": {"enum": [0, None]}}},
+            {"required": ["logprobs"], "properties": {"logprobs": {"const": True}}},
+        ]
+    },
     "OllamaGenerateRequest": {
         "anyOf": [
             {"properties": {"raw": {"enum": [False, None]}}},

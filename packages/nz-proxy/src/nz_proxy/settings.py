@@ -18,8 +18,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from dotenv import dotenv_values
 
+from nz_core.backends import Backend, configured_backends
 from nz_core.budgets import DEFAULT_IMAGE_TOKENS
 from nz_core.database import DEFAULT_DATABASE_URL
+from nz_core.errors import InvalidValue
 
 __all__ = ["Settings", "SettingsError", "load_settings", "settings_reference"]
 
@@ -38,7 +40,30 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         str | None,
         _doc("Redis URL for shared state; unset means embedded in-process state (one process)."),
     ] = None
-    ollama_base_url: Annotated[str, _doc("The Ollama backend.")] = "http://127.0.0.1:11434"
+    ollama_base_url: Annotated[
+        str, _doc("The Ollama backend (`node-1`) while `gateway.backends` is empty.")
+    ] = "http://127.0.0.1:11434"
+    ollama_base_urls: Annotated[
+        tuple[str, ...],
+        _doc(
+            "Comma-separated Ollama backends (`node-1`, `node-2`, … in order), instead of "
+            "`OLLAMA_BASE_URL`, while `gateway.backends` is empty."
+        ),
+    ] = ()
+    backend_ps_refresh_s: Annotated[
+        float, _doc("Seconds between polls of each backend's `/api/ps` (residency).", gt=0)
+    ] = 2.0
+    keep_alive_min_s: Annotated[
+        float, _doc("Shortest `keep_alive` a client may ask for, in seconds.", ge=0)
+    ] = 60.0
+    keep_alive_max_s: Annotated[
+        float,
+        _doc(
+            "Longest `keep_alive` a client may ask for (a negative one, forever, becomes "
+            "this), unless its key has the `residency` scope.",
+            gt=0,
+        ),
+    ] = 1800.0
     gateway_host: Annotated[str, _doc("Listen address.")] = "127.0.0.1"
     gateway_port: Annotated[int, _doc("Listen port.", ge=0, le=65535)] = 8080
     gateway_workers: Annotated[int, _doc("Granian worker processes.", ge=1, le=256)] = 1
@@ -74,6 +99,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
         _doc("Seconds to wait for the first byte and between bytes (model loading).", gt=0),
     ] = 300.0
     max_request_bytes: Annotated[int, _doc("Largest accepted request body.", ge=1024)] = 16777216
+    max_choices: Annotated[
+        int,
+        _doc(
+            "Most choices one `/v1` request may ask for (`n` times the prompts of a batch), "
+            "each a call to the backend; the default takes a LangChain batch whole.",
+            ge=1,
+            le=128,
+        ),
+    ] = 20
     playground_enabled: Annotated[bool, _doc("Serve the browser playground at `/playground`.")] = (
         False
     )
@@ -110,6 +144,15 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
             ge=1,
         ),
     ] = 60.0
+    listing_rpm: Annotated[
+        int,
+        _doc(
+            "Calls per key per minute to the routes that list or describe models "
+            "(`/api/tags`, `/api/ps`, `/api/show`, `/api/version`, `/v1/models`); they "
+            "count against this, never the key's `rpm`.",
+            ge=1,
+        ),
+    ] = 600
     audit_buffer_rows: Annotated[
         int, _doc("Audit rows held in memory while the database is away (then 503).", ge=10)
     ] = 10000
@@ -125,6 +168,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
     def networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
         return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in self.trusted_proxies)
+
+    @property
+    def configured_backends(self) -> tuple[Backend, ...]:
+        """The backends ``OLLAMA_BASE_URLS`` (else ``OLLAMA_BASE_URL``) define, in force
+        while ``gateway.backends`` is empty (:func:`nz_core.backend_admin.load_topology`)."""
+        return configured_backends(self.ollama_base_urls or (self.ollama_base_url,))
 
 
 class SettingsError(ValueError):
@@ -156,6 +205,13 @@ def _validate(settings: Settings) -> None:
     ):
         if url is not None and not url.startswith(schemes):
             raise SettingsError(variable, f"must start with {' or '.join(schemes)}")
+    try:
+        configured_backends(settings.ollama_base_urls or (settings.ollama_base_url,))
+    except InvalidValue as exc:
+        variable = "OLLAMA_BASE_URLS" if settings.ollama_base_urls else "OLLAMA_BASE_URL"
+        raise SettingsError(variable, str(exc)) from None
+    if settings.keep_alive_min_s > settings.keep_alive_max_s:
+        raise SettingsError("KEEP_ALIVE_MIN_S", "must be at most KEEP_ALIVE_MAX_S")
     if not settings.database_url.startswith(("postgresql", "postgres://", "sqlite")):
         raise SettingsError("DATABASE_URL", "must be a postgresql:// or sqlite:// URL")
     if settings.model_discovery_cache_ttl_s < settings.model_discovery_refresh_s:
@@ -165,7 +221,7 @@ def _validate(settings: Settings) -> None:
 
 
 def _raw_value(name: str, text: str) -> Any:
-    if name == "trusted_proxies":
+    if name in ("trusted_proxies", "ollama_base_urls"):
         return [part.strip() for part in text.split(",") if part.strip()]
     if name in ("log_format", "log_level"):
         return text.strip().lower()

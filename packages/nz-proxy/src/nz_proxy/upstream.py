@@ -61,25 +61,36 @@ class _ErrorBody(msgspec.Struct):
 _decode_error: Final = msgspec.json.Decoder(_ErrorBody).decode
 
 
-# What a backend message must not show a client (SPEC §6.1): URLs, addresses with or
-# without a port, host:port pairs and file system paths.
+# What a backend message must not show a client (SPEC §6.1): URLs, IP addresses (v4,
+# v6, with or without a port), host:port pairs, host names and file system paths.
 _INTERNAL: Final = re.compile(
     r"[a-z][a-z0-9+.-]*://\S+"
-    r"|\[[0-9a-f:]+\](?::\d+)?"
+    r"|\[[0-9a-f:.]+(?:%\w+)?\](?::\d+)?"
     r"|\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b"
+    r"|(?<![\w:])[0-9a-f]{0,4}(?::[0-9a-f]{0,4}){2,7}(?:%\w+)?(?![\w:])"
     r"|\b[\w.-]+:\d{2,5}\b"
-    r"|(?:[A-Za-z]:)?(?:[/\\][\w.@+~-]+){2,}",
+    # two labels or more, the last a name (so `llama3.2` and `e.g.` stay)
+    r"|\b(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?\.)+[a-z][a-z0-9-]*[a-z0-9]\b"
+    r"|\blocalhost\b"
+    r"|(?:[a-z]:)?(?:[/\\][\w.@+~-]+){2,}",
     re.IGNORECASE,
 )
 MAX_DETAIL_CHARS: Final = 300
 
 
 def client_safe(message: str) -> str:
-    """A backend's error message as a client may read it: what names an internal
-    address or path replaced by ``[…]``, no control characters, at most 300 characters."""
-    text = _INTERNAL.sub("[…]", message[: MAX_DETAIL_CHARS * 4])
+    """A backend's error message as a client may read it: its first line (what
+    follows is a runner's output, a stack trace at worst), what names an internal
+    address, host or path replaced by ``[…]``, no control characters, at most 300
+    characters."""
+    first = message.strip().split("\n", 1)[0]
+    if len(first) > MAX_DETAIL_CHARS * 4:  # cut between words: no half address is left
+        first = first[: MAX_DETAIL_CHARS * 4].rsplit(" ", 1)[0]
+    text = _INTERNAL.sub("[…]", first)
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    return text[:MAX_DETAIL_CHARS]
+    if len(text) > MAX_DETAIL_CHARS:
+        text = text[: MAX_DETAIL_CHARS - 1].rstrip() + "…"
+    return text
 
 
 def error_message(body: bytes) -> str | None:

@@ -162,7 +162,7 @@ async def delete(request: web.Request) -> web.Response:
     name = _name(body)
     if not state.catalogue.remove(name):
         raise OllamaError(404, f"model '{name}' not found")
-    state.residency.forget(name)
+    state.scheduler.forget(name)
     return web.Response(status=200)
 
 

@@ -11,6 +11,10 @@
 - `GET|POST /_mock/faults` → read or change the faults (a partial update).
 - `POST /_mock/models` → replace (default) or extend the installed models.
 - `GET|POST /_mock/config` → read or change `token_rate` and `response_tokens`.
+- `GET|POST /_mock/node` → read or change how the mock behaves as an Ollama node:
+  `parallel`, `max_loaded_models`, `load_delay_s`, `load_delays` (a partial update;
+  `load_delays` is merged). A change applies to models loaded after it, as a restarted
+  Ollama would; `reset` restores the startup values and unloads every model.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from nz_mock_ollama.bodies import parse_body
 from nz_mock_ollama.catalogue import model_from_name
 from nz_mock_ollama.errors import OllamaError, json_response
 from nz_mock_ollama.faults import update_faults
+from nz_mock_ollama.node import update_node
 from nz_mock_ollama.state import STATE, MockState
 
-__all__ = ["config", "faults", "models", "requests", "reset", "stats"]
+__all__ = ["config", "faults", "models", "node", "requests", "reset", "stats"]
 
 
 async def _body(request: web.Request) -> dict[str, Any]:
@@ -48,6 +53,7 @@ def _config_json(state: MockState) -> dict[str, Any]:
 async def stats(request: web.Request) -> web.Response:
     """`GET /_mock/stats`."""
     state = request.app[STATE]
+    state.scheduler.settle()
     return json_response({**state.stats.as_json(), **_faults_json(state)})
 
 
@@ -125,3 +131,14 @@ async def config(request: web.Request) -> web.Response:
             raise OllamaError(400, "response_tokens must be an integer >= 1")
         state.token_rate, state.response_tokens = float(rate), length
     return json_response(_config_json(state))
+
+
+async def node(request: web.Request) -> web.Response:
+    """`GET|POST /_mock/node`: the node's slots, loaded-model cap and load delays."""
+    scheduler = request.app[STATE].scheduler
+    if request.method == "POST":
+        try:
+            scheduler.settings = update_node(scheduler.settings, await _body(request))
+        except ValueError as exc:
+            raise OllamaError(400, str(exc)) from None
+    return json_response(scheduler.settings.as_json())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from aiohttp import web
 
 from nz_mock_ollama.bodies import BOOL, STRING, read_body
@@ -30,9 +28,9 @@ async def tags(request: web.Request) -> web.Response:
 
 
 async def ps(request: web.Request) -> web.Response:
-    """`GET /api/ps`: models loaded by recent requests and not yet expired."""
+    """`GET /api/ps`: models loaded (or loading) and not yet expired."""
     state = request.app[STATE]
-    return json_response(state.residency.ps(time.time(), state.offset_minutes))
+    return json_response(state.scheduler.ps(state.offset_minutes))
 
 
 async def show(request: web.Request) -> web.Response:

@@ -1,7 +1,8 @@
 """`POST /api/chat` and `POST /api/generate`: streamed NDJSON or one JSON object.
 
-Each handler reads top to bottom: parse, check the model, plan the reply (`replies`), then
-either stream it frame by frame or wait the generation time and answer at once.
+Each handler reads top to bottom: parse, check the model, hold its runner (loading it if
+need be, `scheduler`), plan the reply (`replies`), take a slot, then either stream it
+frame by frame or wait the generation time and answer at once.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from functools import partial
 from typing import Any
 
@@ -20,9 +22,12 @@ from nz_mock_ollama.catalogue import ModelEntry
 from nz_mock_ollama.errors import OllamaError, json_response
 from nz_mock_ollama.frames import ChatFrames, GenerateFrames, Metrics, context_ids
 from nz_mock_ollama.generation import seed_of
+from nz_mock_ollama.keep_alive import session_seconds
+from nz_mock_ollama.logprobs import requested as requested_logprobs
 from nz_mock_ollama.ndjson import ARRIVED, NdjsonStream
 from nz_mock_ollama.params import Params, parse_params
 from nz_mock_ollama.replies import Reply, plan_reply
+from nz_mock_ollama.residency import Runner
 from nz_mock_ollama.state import STATE, MockState
 from nz_mock_ollama.tokens import chat_prompt_tokens, generate_prompt_tokens
 
@@ -113,10 +118,13 @@ async def _stream(
     return stream.response
 
 
-async def _generation_time(state: MockState, reply: Reply) -> None:
-    # A non-streamed answer still takes as long as its tokens would at the token rate.
+async def _generation_time(state: MockState, reply: Reply) -> float:
+    """Wait as long as the tokens would take at the token rate (a non-streamed answer
+    takes that long too); returns when generating began."""
+    began = time.monotonic()
     if state.frame_interval and reply.eval_count:
         await asyncio.sleep(state.frame_interval * reply.eval_count)
+    return began
 
 
 def _model(state: MockState, body: dict[str, Any], *, chat: bool) -> tuple[str, ModelEntry]:
@@ -129,6 +137,15 @@ def _model(state: MockState, body: dict[str, Any], *, chat: bool) -> tuple[str, 
     if entry.embedding:
         raise OllamaError(400, f'"{name}" does not support {"chat" if chat else "generate"}')
     return name, entry
+
+
+def _hold(
+    state: MockState, entry: ModelEntry, params: Params, body: dict[str, Any]
+) -> AbstractAsyncContextManager[Runner]:
+    # The time until the runner is held is the answer's load_duration (Ollama's
+    # checkpointLoaded); keep_alive was checked by parse_params.
+    keep_alive = session_seconds(body.get("keep_alive"))
+    return state.scheduler.hold(entry, params.num_ctx, keep_alive)
 
 
 def _plan(state: MockState, params: Params, seed: int, tool: object | None) -> Reply:
@@ -148,39 +165,46 @@ async def chat(request: web.Request) -> web.StreamResponse:
     """`POST /api/chat`."""
     state = request.app[STATE]
     body = await read_body(request, "ChatRequest", CHAT_FIELDS)
+    logprobs = requested_logprobs(body)
     name, entry = _model(state, body, chat=True)
     params = parse_params(body, entry, name)
     messages = _messages(body)
-    state.residency.touch(entry, params.keep_alive_s, time.time(), params.num_ctx)
-    frames = ChatFrames(name)
-    if not messages:
-        return json_response(frames.special("unload" if params.keep_alive_s == 0 else "load"))
+    frames = ChatFrames(name, logprobs=logprobs)
+    if not messages and params.keep_alive_s == 0:
+        state.scheduler.unload(entry)
+        return json_response(frames.special("unload"))
 
-    tools = body.get("tools") or []
-    last_role = str(messages[-1].get("role") or "").lower()
-    # ollama-python always sends "tools": [], which must not turn into a tool call.
-    tool = tools[0] if tools and last_role == "user" else None
-    seed = seed_of(entry.name, params.seed, *(str(m.get("content") or "") for m in messages))
-    reply = _plan(state, params, seed, tool)
-    prompt_tokens = chat_prompt_tokens(messages, tools)
-    arrived = request.get(ARRIVED, time.monotonic())
-    started = time.monotonic()
+    async with _hold(state, entry, params, body) as runner:
+        started = time.monotonic()
+        if not messages:
+            return json_response(frames.special("load"))
+        tools = body.get("tools") or []
+        last_role = str(messages[-1].get("role") or "").lower()
+        # ollama-python always sends "tools": [], which must not turn into a tool call.
+        tool = tools[0] if tools and last_role == "user" else None
+        seed = seed_of(entry.name, params.seed, *(str(m.get("content") or "") for m in messages))
+        reply = _plan(state, params, seed, tool)
+        prompt_tokens = chat_prompt_tokens(messages, tools)
+        arrived = request.get(ARRIVED, time.monotonic())
 
-    def final(first_frame: float, *, whole: bool = False) -> dict[str, Any]:
-        metrics = _metrics(arrived, started, first_frame, prompt_tokens, reply)
-        return frames.final(reply, metrics, whole=whole)
+        def final(first_frame: float, *, whole: bool = False) -> dict[str, Any]:
+            metrics = _metrics(arrived, started, first_frame, prompt_tokens, reply)
+            return frames.final(reply, metrics, whole=whole)
 
-    if body.get("stream") is False:
-        await _generation_time(state, reply)
-        return json_response(final(started, whole=True))
-    tool_frame = (lambda: frames.tool_calls(reply.tool_calls)) if reply.tool_calls else None
-    return await _stream(request, state, reply, frames.content, frames.thinking, tool_frame, final)
+        async with state.scheduler.generating(runner):
+            if body.get("stream") is False:
+                return json_response(final(await _generation_time(state, reply), whole=True))
+            tool_frame = (lambda: frames.tool_calls(reply.tool_calls)) if reply.tool_calls else None
+            return await _stream(
+                request, state, reply, frames.content, frames.thinking, tool_frame, final
+            )
 
 
 async def generate(request: web.Request) -> web.StreamResponse:
     """`POST /api/generate`."""
     state = request.app[STATE]
     body = await read_body(request, "GenerateRequest", GENERATE_FIELDS)
+    logprobs = requested_logprobs(body)
     name, entry = _model(state, body, chat=False)
     params = parse_params(body, entry, name)
     raw = body.get("raw") is True
@@ -188,24 +212,29 @@ async def generate(request: web.Request) -> web.StreamResponse:
     context = body.get("context") or []
     if raw and (body.get("template") or system or context):
         raise OllamaError(400, "raw mode does not support template, system, or context")
-    state.residency.touch(entry, params.keep_alive_s, time.time(), params.num_ctx)
-    frames = GenerateFrames(name)
+    frames = GenerateFrames(name, logprobs=logprobs)
     prompt = body.get("prompt") or ""
-    if not prompt:
-        return json_response(frames.special("unload" if params.keep_alive_s == 0 else "load"))
+    if not prompt and params.keep_alive_s == 0:
+        state.scheduler.unload(entry)
+        return json_response(frames.special("unload"))
 
-    seed = seed_of(entry.name, params.seed, system, prompt)
-    reply = _plan(state, params, seed, None)
-    prompt_tokens = generate_prompt_tokens(prompt, system, raw=raw, context=len(context))
-    arrived = request.get(ARRIVED, time.monotonic())
-    started = time.monotonic()
+    async with _hold(state, entry, params, body) as runner:
+        started = time.monotonic()
+        if not prompt:
+            return json_response(frames.special("load"))
+        seed = seed_of(entry.name, params.seed, system, prompt)
+        reply = _plan(state, params, seed, None)
+        prompt_tokens = generate_prompt_tokens(prompt, system, raw=raw, context=len(context))
+        arrived = request.get(ARRIVED, time.monotonic())
 
-    def final(first_frame: float, *, whole: bool = False) -> dict[str, Any]:
-        metrics = _metrics(arrived, started, first_frame, prompt_tokens, reply)
-        ids = None if raw else context_ids(seed, prompt_tokens + reply.eval_count)
-        return frames.final(reply, metrics, whole=whole, context=ids)
+        def final(first_frame: float, *, whole: bool = False) -> dict[str, Any]:
+            metrics = _metrics(arrived, started, first_frame, prompt_tokens, reply)
+            ids = None if raw else context_ids(seed, prompt_tokens + reply.eval_count)
+            return frames.final(reply, metrics, whole=whole, context=ids)
 
-    if body.get("stream") is False:
-        await _generation_time(state, reply)
-        return json_response(final(started, whole=True))
-    return await _stream(request, state, reply, frames.content, frames.thinking, None, final)
+        async with state.scheduler.generating(runner):
+            if body.get("stream") is False:
+                return json_response(final(await _generation_time(state, reply), whole=True))
+            return await _stream(
+                request, state, reply, frames.content, frames.thinking, None, final
+            )

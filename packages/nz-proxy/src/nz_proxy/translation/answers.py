@@ -4,12 +4,16 @@ counts for accounting (SPEC §4.7-4.8, §6.3).
 An :class:`Answer` is made per request. Streamed, it is fed the backend's NDJSON lines
 one at a time and returns the bytes to send: the same line for the native surface, SSE
 events for the OpenAI one. Whole, it turns the backend's JSON body into the client's.
-Either way it tracks the tokens the request used.
+Either way it tracks the tokens the request used. The OpenAI answers also take several
+choices (a :class:`ChoicesAnswer`: ``n`` > 1, a batch of prompts), one backend answer
+each, in one body or one stream.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Final, Protocol
 
 import msgspec
@@ -25,6 +29,7 @@ from nz_proxy.translation.replies import (
 from nz_proxy.translation.responses import MEDIA_JSON, MEDIA_NDJSON, MEDIA_SSE
 from nz_proxy.translation.streams import (
     ChatStream,
+    ChoicesStream,
     CompletionStream,
     NativeStreamTap,
     native_error_line,
@@ -33,6 +38,7 @@ from nz_proxy.translation.streams import (
 __all__ = [
     "Answer",
     "ChatAnswer",
+    "ChoicesAnswer",
     "CompletionAnswer",
     "EmbeddingsAnswer",
     "NativeAnswer",
@@ -90,6 +96,33 @@ class StreamingAnswer(Answer, Protocol):
     @property
     def failed(self) -> bool:
         """The stream ended with an error (the backend's, or the gateway's own)."""
+        ...
+
+
+class ChoicesAnswer(StreamingAnswer, Protocol):
+    """An answer of several choices, each from its own backend answer (in choice
+    order); :meth:`~StreamingAnswer.line` and :meth:`~Answer.whole` serve one choice."""
+
+    def choice_line(self, index: int, line: bytes) -> bytes:
+        """Bytes to send for one native line of choice ``index``'s stream."""
+        ...
+
+    def choice_finished(self, index: int) -> bool:
+        """Choice ``index``'s stream has seen its final frame (or an error)."""
+        ...
+
+    def read_choice(self, index: int, body: bytes) -> None:
+        """Take choice ``index``'s complete JSON body (:class:`UpstreamUnavailable` when
+        it is not one)."""
+        ...
+
+    def whole_body(self) -> bytes:
+        """The client's body, once every choice has been read."""
+        ...
+
+    def choices_usage(self, estimates: Sequence[int], answered: Sequence[bool]) -> tuple[int, int]:
+        """(tokens in, tokens out) of every choice whose backend answered (a stream cut
+        short counts as in :meth:`~Answer.usage`, with that choice's estimate)."""
         ...
 
 
@@ -152,15 +185,33 @@ class _SseAnswer:
     stream_media = MEDIA_SSE
     whole_media = MEDIA_JSON
 
-    def __init__(self, stream: ChatStream | CompletionStream) -> None:
-        self._stream = stream
-        self._whole_counts: tuple[int, int] | None = None
+    def __init__(
+        self,
+        streams: Sequence[ChatStream | CompletionStream],
+        include_usage: bool,
+        respond: Callable[[list[dict[str, Any]]], dict[str, Any]],
+    ) -> None:
+        self._choices = streams
+        self._respond = respond  # every choice's native answer → the client's body
+        self._stream: ChatStream | CompletionStream | ChoicesStream = (
+            streams[0] if len(streams) == 1 else ChoicesStream(streams, include_usage=include_usage)
+        )
+        self._read: dict[int, dict[str, Any]] = {}  # choice → its whole native answer
 
     def line(self, line: bytes) -> bytes:
+        return self.choice_line(0, line)
+
+    def choice_line(self, index: int, line: bytes) -> bytes:
         if line.startswith(_ERROR_LINE):
             _backend_error(line)
             return self._stream.error(BACKEND_FAILED)
-        return self._stream.feed_line(line)
+        stream = self._stream
+        if isinstance(stream, ChoicesStream):
+            return stream.feed_choice(index, line)
+        return stream.feed_line(line)
+
+    def choice_finished(self, index: int) -> bool:
+        return self._choices[index].finished or self._stream.finished
 
     def error(self, message: str) -> bytes:
         return self._stream.error(message)
@@ -174,62 +225,99 @@ class _SseAnswer:
         return self._stream.error_message is not None
 
     def usage(self, prompt_estimate: int) -> tuple[int, int]:
-        if self._whole_counts is not None:
-            return self._whole_counts
-        stream = self._stream
-        if not stream.done:
-            return prompt_estimate, stream.content_frames
-        return stream.prompt_tokens, stream.completion_tokens
+        return self.choices_usage([prompt_estimate], [True])
+
+    def choices_usage(self, estimates: Sequence[int], answered: Sequence[bool]) -> tuple[int, int]:
+        tokens_in = tokens_out = 0
+        choices = zip(self._choices, estimates, answered, strict=True)
+        for index, (stream, estimate, spoke) in enumerate(choices):
+            read = self._read.get(index)
+            if read is not None:
+                counts = _counts(read)
+                tokens_in += counts[0]
+                tokens_out += counts[1]
+            elif not spoke:
+                continue
+            elif stream.done:
+                tokens_in += stream.prompt_tokens
+                tokens_out += stream.completion_tokens
+            else:
+                tokens_in += estimate
+                tokens_out += stream.content_frames
+        return tokens_in, tokens_out
+
+    def whole(self, body: bytes) -> bytes:
+        self.read_choice(0, body)
+        return self.whole_body()
+
+    def read_choice(self, index: int, body: bytes) -> None:
+        self._read[index] = _native(body)
+
+    def whole_body(self) -> bytes:
+        return _encode(self._respond([self._read[i] for i in range(len(self._choices))]))
 
 
 class ChatAnswer(_SseAnswer):
-    """``/v1/chat/completions``: SSE chunks or one ``chat.completion``."""
+    """``/v1/chat/completions``: SSE chunks or one ``chat.completion``; ``choices``
+    backend answers make as many choices."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(
+        self, model: str, include_usage: bool, *, choices: int = 1, logprobs: bool = False
+    ) -> None:
         self.model = model
         self.id = new_completion_id("chatcmpl")
         self.created = int(time.time())
-        super().__init__(
+        streams = [
             ChatStream(
                 model=model,
                 completion_id=self.id,
                 created=self.created,
                 include_usage=include_usage,
+                index=index,
+                logprobs=logprobs,
+                ends=choices == 1,
             )
+            for index in range(choices)
+        ]
+        respond = partial(
+            chat_response,
+            model=model,
+            completion_id=self.id,
+            created=self.created,
+            logprobs=logprobs,
         )
-
-    def whole(self, body: bytes) -> bytes:
-        native = _native(body)
-        self._whole_counts = _counts(native)
-        return _encode(
-            chat_response(native, model=self.model, completion_id=self.id, created=self.created)
-        )
+        super().__init__(streams, include_usage, respond)
 
 
 class CompletionAnswer(_SseAnswer):
-    """``/v1/completions``: legacy text completions."""
+    """``/v1/completions``: legacy text completions (``choices`` as for chat)."""
 
-    def __init__(self, model: str, include_usage: bool) -> None:
+    def __init__(
+        self, model: str, include_usage: bool, *, choices: int = 1, logprobs: bool = False
+    ) -> None:
         self.model = model
         self.id = new_completion_id("cmpl")
         self.created = int(time.time())
-        super().__init__(
+        streams = [
             CompletionStream(
                 model=model,
                 completion_id=self.id,
                 created=self.created,
                 include_usage=include_usage,
+                index=index,
+                logprobs=logprobs,
+                ends=choices == 1,
             )
+            for index in range(choices)
+        ]
+        respond = partial(
+            completion_response,
+            model=model,
+            completion_id=self.id,
+            created=self.created,
+            logprobs=logprobs,
         )
-
-    def whole(self, body: bytes) -> bytes:
-        native = _native(body)
-        self._whole_counts = _counts(native)
-        return _encode(
-            completion_response(
-                native, model=self.model, completion_id=self.id, created=self.created
-            )
-        )
+        super().__init__(streams, include_usage, respond)
 
 
 class EmbeddingsAnswer:

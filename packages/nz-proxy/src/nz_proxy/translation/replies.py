@@ -1,6 +1,7 @@
-"""Whole answers, native → OpenAI: a non-streamed chat completion, a legacy completion,
-an embeddings list and model objects, and the pieces the stream translators share
-(:mod:`nz_proxy.translation.streams`).
+"""Whole answers, native → OpenAI: a non-streamed chat completion, a legacy completion
+(each with one choice per backend answer: ``n``, a batch of prompts), an embeddings
+list and model objects, and the pieces the stream translators share
+(:mod:`nz_proxy.translation.streams`), token log probabilities among them.
 
 Nothing here does I/O, reads a clock or logs: callers pass ``created`` timestamps and
 completion ids in (:func:`new_completion_id` is the one source of randomness).
@@ -12,7 +13,7 @@ import base64
 import secrets
 import sys
 from array import array
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
@@ -23,6 +24,7 @@ __all__ = [
     "arguments_json",
     "call_id_base",
     "chat_finish",
+    "chat_logprobs",
     "chat_response",
     "completion_response",
     "embeddings_response",
@@ -31,6 +33,7 @@ __all__ = [
     "new_completion_id",
     "response_tool_calls",
     "text_finish",
+    "text_logprobs",
     "token_count",
     "usage_object",
 ]
@@ -47,10 +50,12 @@ def new_completion_id(prefix: str = "chatcmpl") -> str:
     return f"{prefix}-{secrets.token_hex(12)}"
 
 
-def call_id_base(completion_id: str) -> str:
+def call_id_base(completion_id: str, choice: int = 0) -> str:
     # Tool call ids are derived from the (unique) completion id, so the response
-    # functions stay deterministic: ``chatcmpl-ab12`` → ``call_ab12_0``, ``call_ab12_1``.
-    return completion_id.rpartition("-")[2] or completion_id
+    # functions stay deterministic: ``chatcmpl-ab12`` → ``call_ab12_0``, ``call_ab12_1``;
+    # the calls of choice 2 are ``call_ab12_2_0``, ….
+    base = completion_id.rpartition("-")[2] or completion_id
+    return f"{base}_{choice}" if choice else base
 
 
 def token_count(value: object) -> int:
@@ -69,6 +74,60 @@ def _native_usage(native: Mapping[str, Any]) -> dict[str, int]:
     return usage_object(
         token_count(native.get("prompt_eval_count")), token_count(native.get("eval_count"))
     )
+
+
+def _token(entry: Mapping[str, Any]) -> tuple[str, float, list[int]]:
+    """(token, logprob, UTF-8 bytes) of one of Ollama's token entries; what is missing
+    or malformed reads as nothing (bytes: the token's own)."""
+    token = entry.get("token")
+    token = token if isinstance(token, str) else ""
+    logprob = entry.get("logprob")
+    value = 0.0
+    if isinstance(logprob, int | float) and not isinstance(logprob, bool):
+        value = float(logprob)
+    raw = entry.get("bytes")
+    if isinstance(raw, list) and all(isinstance(b, int) and 0 <= b < 256 for b in raw):
+        return token, value, raw
+    return token, value, list(token.encode("utf-8", "surrogatepass"))
+
+
+def _entries(logprobs: object) -> list[Mapping[str, Any]]:
+    return [e for e in logprobs if isinstance(e, Mapping)] if isinstance(logprobs, list) else []
+
+
+def chat_logprobs(logprobs: object) -> dict[str, Any]:
+    """Ollama's ``logprobs`` (a list of token entries) as a chat choice's ``logprobs``:
+    ``{"content": [{"token", "logprob", "bytes", "top_logprobs": [...]}], "refusal":
+    null}``; ``top_logprobs`` is ``[]`` when no alternatives were asked for."""
+    content = []
+    for entry in _entries(logprobs):
+        token, value, raw = _token(entry)
+        top = []
+        for alternative in _entries(entry.get("top_logprobs")):
+            alt_token, alt_value, alt_raw = _token(alternative)
+            top.append({"token": alt_token, "logprob": alt_value, "bytes": alt_raw})
+        content.append({"token": token, "logprob": value, "bytes": raw, "top_logprobs": top})
+    return {"content": content, "refusal": None}
+
+
+def text_logprobs(logprobs: object, offset: int = 0) -> tuple[dict[str, Any], int]:
+    """Ollama's ``logprobs`` as a legacy completion choice's: ``{"tokens",
+    "token_logprobs", "top_logprobs" (alternative → logprob, per token), "text_offset"}``,
+    offsets counted from ``offset`` (the text before, in a stream); and the offset
+    after the last token."""
+    tokens: list[str] = []
+    values: list[float] = []
+    tops: list[dict[str, float]] = []
+    offsets: list[int] = []
+    for entry in _entries(logprobs):
+        token, value, _ = _token(entry)
+        tokens.append(token)
+        values.append(value)
+        tops.append({t: v for t, v, _ in map(_token, _entries(entry.get("top_logprobs")))})
+        offsets.append(offset)
+        offset += len(token)
+    shaped = {"tokens": tokens, "token_logprobs": values, "top_logprobs": tops}
+    return shaped | {"text_offset": offsets}, offset
 
 
 def chat_finish(done_reason: object, has_tool_calls: bool) -> str:
@@ -118,18 +177,50 @@ def response_tool_calls(
     return out
 
 
+def _usage_of(natives: Sequence[Mapping[str, Any]]) -> dict[str, int]:
+    return usage_object(
+        sum(token_count(native.get("prompt_eval_count")) for native in natives),
+        sum(token_count(native.get("eval_count")) for native in natives),
+    )
+
+
 def chat_response(
-    native: Mapping[str, Any], *, model: str, completion_id: str, created: int
+    native: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    *,
+    model: str,
+    completion_id: str,
+    created: int,
+    logprobs: bool = False,
 ) -> dict[str, Any]:
-    """A ``chat.completion`` for a non-streamed ``/api/chat`` answer.
+    """A ``chat.completion`` for a non-streamed ``/api/chat`` answer, or for several
+    (one choice each, ``index`` in their order; ``usage`` sums them).
 
     ``content`` is null when the reply is only tool calls (OpenAI's shape; Ollama's layer
     sends ``""``); thinking goes to the non-standard ``message.reasoning`` as Ollama's
     layer does. Tool calls keep their native ``id`` or get ``call_<id suffix>_<n>``.
     ``finish_reason``: ``length`` stays, otherwise ``tool_calls`` when calls came back,
-    else ``stop``. ``usage`` is always present; missing counts are 0. ``model`` is the
-    name the client asked for.
+    else ``stop``. ``logprobs`` (when asked) per :func:`chat_logprobs`, else null.
+    ``usage`` is always present; missing counts are 0. ``model`` is the name the client
+    asked for.
     """
+    natives = [native] if isinstance(native, Mapping) else list(native)
+    return {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": "fp_ollama",
+        "choices": [
+            _chat_choice(one, index, call_id_base(completion_id, index), logprobs)
+            for index, one in enumerate(natives)
+        ],
+        "usage": _usage_of(natives),
+    }
+
+
+def _chat_choice(
+    native: Mapping[str, Any], index: int, id_base: str, logprobs: bool
+) -> dict[str, Any]:
     message = native.get("message")
     if not isinstance(message, Mapping):
         message = {}
@@ -138,9 +229,7 @@ def chat_response(
         content = ""
     calls = message.get("tool_calls")
     tool_calls = (
-        response_tool_calls(calls, call_id_base(completion_id), 0, with_index=False)
-        if isinstance(calls, list)
-        else []
+        response_tool_calls(calls, id_base, 0, with_index=False) if isinstance(calls, list) else []
     )
     out_message: dict[str, Any] = {
         "role": "assistant",
@@ -153,47 +242,44 @@ def chat_response(
     if tool_calls:
         out_message["tool_calls"] = tool_calls
     return {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "system_fingerprint": "fp_ollama",
-        "choices": [
-            {
-                "index": 0,
-                "message": out_message,
-                "logprobs": None,
-                "finish_reason": chat_finish(native.get("done_reason"), bool(tool_calls)),
-            }
-        ],
-        "usage": usage_object(
-            token_count(native.get("prompt_eval_count")), token_count(native.get("eval_count"))
-        ),
+        "index": index,
+        "message": out_message,
+        "logprobs": chat_logprobs(native.get("logprobs")) if logprobs else None,
+        "finish_reason": chat_finish(native.get("done_reason"), bool(tool_calls)),
     }
 
 
 def completion_response(
-    native: Mapping[str, Any], *, model: str, completion_id: str, created: int
+    native: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    *,
+    model: str,
+    completion_id: str,
+    created: int,
+    logprobs: bool = False,
 ) -> dict[str, Any]:
-    """A ``text_completion`` for a non-streamed ``/api/generate`` answer (usage always)."""
-    text = native.get("response")
+    """A ``text_completion`` for a non-streamed ``/api/generate`` answer, or for several
+    (one choice each, ``index`` in their order; ``usage``, always there, sums them).
+    ``logprobs`` (when asked) per :func:`text_logprobs`, else null."""
+    natives = [native] if isinstance(native, Mapping) else list(native)
+    choices = []
+    for index, one in enumerate(natives):
+        text = one.get("response")
+        choices.append(
+            {
+                "text": text if isinstance(text, str) else "",
+                "index": index,
+                "logprobs": text_logprobs(one.get("logprobs"))[0] if logprobs else None,
+                "finish_reason": text_finish(one.get("done_reason")),
+            }
+        )
     return {
         "id": completion_id,
         "object": "text_completion",
         "created": created,
         "model": model,
         "system_fingerprint": "fp_ollama",
-        "choices": [
-            {
-                "text": text if isinstance(text, str) else "",
-                "index": 0,
-                "logprobs": None,
-                "finish_reason": text_finish(native.get("done_reason")),
-            }
-        ],
-        "usage": usage_object(
-            token_count(native.get("prompt_eval_count")), token_count(native.get("eval_count"))
-        ),
+        "choices": choices,
+        "usage": _usage_of(natives),
     }
 
 

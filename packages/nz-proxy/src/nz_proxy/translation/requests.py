@@ -12,6 +12,9 @@ image URLs, unparseable tool arguments).
 Where WIRE.md leaves a choice, the decision is documented on the function concerned.
 The main ones: unlike Ollama's own layer we never default ``temperature``/``top_p``,
 we read ``max_completion_tokens``, and ``tool_choice: "none"`` withholds the tools.
+``n`` and a batch of prompts are not Ollama's to see: the translated body is one call,
+and :mod:`nz_proxy.fanout` makes as many as the request asks (:func:`choice_count`,
+:func:`batch_prompts`).
 """
 
 from __future__ import annotations
@@ -42,7 +45,14 @@ from nz_proxy.wire.openai import (
     ToolMessage,
 )
 
-__all__ = ["chat_request", "completion_request", "embeddings_request", "include_usage"]
+__all__ = [
+    "batch_prompts",
+    "chat_request",
+    "choice_count",
+    "completion_request",
+    "embeddings_request",
+    "include_usage",
+]
 
 T = TypeVar("T")
 _decode: Final = msgspec.json.decode
@@ -102,9 +112,15 @@ def _explain_input(value: object) -> str | None:
 def _explain_prompt(value: object) -> str | None:
     if _token_ids(value):
         return "Token-id arrays are not supported as 'prompt'; send the text."
-    if isinstance(value, list) and len(value) > 1 and all(isinstance(v, str) for v in value):
-        return "'prompt' must be a string (one prompt per request)."
+    if isinstance(value, list) and not value:
+        return "'prompt' must be a string or a non-empty array of strings."
     return None
+
+
+_RANGES: Final = {
+    "n": "'n' must be a whole number from 1 to 128.",
+    "top_logprobs": "'top_logprobs' must be an integer from 0 to 20.",
+}
 
 
 def _explain_image(value: object) -> str:
@@ -136,6 +152,8 @@ def _explained(error: InvalidRequest, body: Mapping[str, Any]) -> InvalidRequest
         message = "'echo' is not supported by this server."
     elif param == "encoding_format":
         message = "'encoding_format' must be 'float' or 'base64'."
+    elif param in _RANGES:
+        message = _RANGES[param]
     elif _IMAGE_PARAM.fullmatch(param):
         param = param.removesuffix(".url")
         message = _explain_image(_dig(body, param))
@@ -176,6 +194,20 @@ def include_usage(body: Mapping[str, Any]) -> bool:
         body.get("stream_options"), StreamOptions | None, "stream_options"
     )
     return bool(options and options.include_usage)
+
+
+def choice_count(body: Mapping[str, Any]) -> int:
+    """``n`` of a body :func:`chat_request` or :func:`completion_request` accepted: how
+    many choices to generate for each prompt (1 when absent)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 1
+
+
+def batch_prompts(body: Mapping[str, Any]) -> list[str]:
+    """The prompts of a ``/v1/completions`` body :func:`completion_request` accepted, in
+    order: one, or a batch (each answered by its own choices)."""
+    prompt = body["prompt"]
+    return [prompt] if isinstance(prompt, str) else list(prompt)
 
 
 def _sampling_options(request: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
@@ -223,9 +255,11 @@ def chat_request(body: object) -> dict[str, Any]:
     ``max_completion_tokens`` (preferred) or ``max_tokens`` → ``options.num_predict``,
     ``temperature``, ``top_p``, ``frequency_penalty``, ``presence_penalty``, ``seed``,
     ``stop`` → ``options``; ``response_format`` → ``format``; ``reasoning_effort`` (or
-    ``reasoning.effort``) → ``think``. Ollama's own ``options``, ``keep_alive``,
-    ``format`` and ``think`` pass through; mapped values win on conflict. Everything
-    else (``user``, ``logit_bias``, ``parallel_tool_calls``, …) is dropped;
+    ``reasoning.effort``) → ``think``; ``logprobs`` and ``top_logprobs`` (0-20; more
+    than 0 needs ``logprobs: true``, as OpenAI says) as Ollama's fields of those names.
+    Ollama's own ``options``, ``keep_alive``, ``format`` and ``think`` pass through;
+    mapped values win on conflict. ``n`` is not Ollama's (see :func:`choice_count`).
+    Everything else (``user``, ``logit_bias``, ``parallel_tool_calls``, …) is dropped;
     ``tool_choice: "none"`` drops ``tools`` so the model cannot call one.
 
     Messages: ``developer`` becomes ``system``. Content may be a string, null or an
@@ -257,7 +291,19 @@ def chat_request(body: object) -> dict[str, Any]:
     effort = effort if effort is not None else request.reasoning_effort
     if effort is not None:
         native["think"] = _EFFORT[effort]
+    if request.top_logprobs and not request.logprobs:
+        raise InvalidRequest("'top_logprobs' needs 'logprobs': true.", param="top_logprobs")
+    _ask_logprobs(native, (request.top_logprobs or 0) if request.logprobs else None)
     return native
+
+
+def _ask_logprobs(native: dict[str, Any], top: int | None) -> None:
+    """Ollama's ``logprobs`` and ``top_logprobs`` (``None``: not asked)."""
+    if top is None:
+        return
+    native["logprobs"] = True
+    if top:
+        native["top_logprobs"] = top
 
 
 def _chat_messages(messages: list[ChatMessage]) -> list[dict[str, Any]]:
@@ -349,13 +395,15 @@ def _arguments(raw: dict[str, Any] | str | None, param: str) -> dict[str, Any]:
 def completion_request(body: object) -> dict[str, Any]:
     """Translate a ``/v1/completions`` body into an ``/api/generate`` body.
 
-    ``prompt`` must be a string (an array holding exactly one string is accepted);
-    token arrays and batches of several prompts are refused with a 400 rather than
-    silently answering only the first. ``suffix`` is forwarded (Ollama fills in the
-    middle for models that support it). ``echo: true`` is refused: Ollama cannot return
-    the prompt with the completion. Options map as in :func:`chat_request`; ``n``,
-    ``best_of``, ``logprobs``, ``logit_bias`` and ``user`` are dropped. Ollama's
-    ``options``, ``keep_alive``, ``format``, ``think`` and ``images`` pass through.
+    ``prompt`` is a string or a non-empty array of strings; the body carries the first,
+    and :func:`batch_prompts` gives them all (each is its own call). Token arrays are
+    refused with a 400. ``suffix`` is forwarded (Ollama fills in the middle for models
+    that support it). ``echo: true`` is refused: Ollama cannot return the prompt with
+    the completion. Options map as in :func:`chat_request`; ``logprobs`` (0-20: the
+    alternatives per token) becomes Ollama's ``logprobs: true`` and ``top_logprobs``;
+    ``n`` is not Ollama's (see :func:`choice_count`); ``best_of``, ``logit_bias`` and
+    ``user`` are dropped. Ollama's ``options``, ``keep_alive``, ``format``, ``think``
+    and ``images`` pass through.
     """
     request, body = _typed(body, CompletionRequest)
     prompt = request.prompt if isinstance(request.prompt, str) else request.prompt[0]
@@ -369,6 +417,7 @@ def completion_request(body: object) -> dict[str, Any]:
     _passthrough(
         body, native, _sampling_options(request), ("keep_alive", "format", "think", "images")
     )
+    _ask_logprobs(native, request.logprobs)
     return native
 
 

@@ -1,14 +1,16 @@
 """Streamed answers: native NDJSON frames in, the client's stream out.
 
 :class:`ChatStream` and :class:`CompletionStream` turn ``/api/chat`` and
-``/api/generate`` frames into OpenAI's server-sent events; :class:`NativeStreamTap`
-watches a native stream that is forwarded byte for byte and counts what it carried.
-Each keeps the counters accounting needs, and never raises on upstream garbage.
+``/api/generate`` frames into OpenAI's server-sent events, for one choice;
+:class:`ChoicesStream` merges several of them into one stream (``n`` > 1, a batch of
+prompts); :class:`NativeStreamTap` watches a native stream that is forwarded byte for
+byte and counts what it carried. Each keeps the counters accounting needs, and never
+raises on upstream garbage.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -17,13 +19,21 @@ from nz_proxy.translation.framing import SSE_DONE
 from nz_proxy.translation.replies import (
     call_id_base,
     chat_finish,
+    chat_logprobs,
     response_tool_calls,
     text_finish,
+    text_logprobs,
     token_count,
     usage_object,
 )
 
-__all__ = ["ChatStream", "CompletionStream", "NativeStreamTap", "native_error_line"]
+__all__ = [
+    "ChatStream",
+    "ChoicesStream",
+    "CompletionStream",
+    "NativeStreamTap",
+    "native_error_line",
+]
 
 _encode = msgspec.json.Encoder().encode
 
@@ -45,6 +55,8 @@ class _Frame(msgspec.Struct):
     prompt_eval_count: int = 0
     eval_count: int = 0
     error: str | None = None
+    # Token entries (checked where they are read): a frame may carry only these.
+    logprobs: list[Any] | None = None
 
 
 _decode_frame = msgspec.json.Decoder(_Frame).decode
@@ -76,13 +88,27 @@ def _chunk_head(object_name: bytes, completion_id: str, created: int, model: str
     )
 
 
+def _stream_end(head: bytes, include_usage: bool, prompt: int, completion: int) -> bytes:
+    """What follows the last finish chunk: the usage chunk when asked, then ``[DONE]``."""
+    if not include_usage:
+        return SSE_DONE
+    usage = _encode(usage_object(prompt, completion))
+    return head + b'[],"usage":' + usage + b"}\n\n" + SSE_DONE
+
+
 class _SseStream:
-    """Shared state of the two SSE translators: counters, usage chunk, error event."""
+    """Shared state of the two SSE translators: counters, usage chunk, error event.
+
+    ``index`` is the choice's; ``ends`` says whether its final frame ends the stream
+    (usage chunk, ``[DONE]``), false for one choice of a :class:`ChoicesStream`.
+    ``logprobs``: whether the client asked for them (frames carry Ollama's)."""
 
     __slots__ = (
         "_close",
+        "_ends",
         "_head",
         "_include_usage",
+        "_logprobs",
         "_usage_null",
         "completion_tokens",
         "content_frames",
@@ -91,9 +117,13 @@ class _SseStream:
         "prompt_tokens",
     )
 
-    def __init__(self, head: bytes, include_usage: bool) -> None:
+    def __init__(
+        self, head: bytes, include_usage: bool, *, logprobs: bool = False, ends: bool = True
+    ) -> None:
         self._head = head
         self._include_usage = include_usage
+        self._logprobs = logprobs
+        self._ends = ends
         # With include_usage OpenAI puts "usage": null on every other chunk; without it,
         # no usage key at all (and the SDK only reads it on the last chunk).
         self._usage_null = b',"usage":null}\n\n' if include_usage else b"}\n\n"
@@ -103,6 +133,10 @@ class _SseStream:
         self.content_frames = 0
         self.done = False
         self.error_message: str | None = None
+
+    def _entries(self, logprobs: list[Any] | None) -> list[Any] | None:
+        """A frame's token entries, when the client asked for them and there are any."""
+        return logprobs if self._logprobs and logprobs else None
 
     @property
     def finished(self) -> bool:
@@ -122,12 +156,12 @@ class _SseStream:
         return _error_event(message)
 
     def _finish(self, finish_chunk: bytes) -> bytes:
-        parts = [finish_chunk]
-        if self._include_usage:
-            usage = usage_object(self.prompt_tokens, self.completion_tokens)
-            parts.append(self._head + b'[],"usage":' + _encode(usage) + b"}\n\n")
-        parts.append(SSE_DONE)
-        return b"".join(parts)
+        if not self._ends:
+            return finish_chunk
+        end = _stream_end(
+            self._head, self._include_usage, self.prompt_tokens, self.completion_tokens
+        )
+        return finish_chunk + end
 
 
 class ChatStream(_SseStream):
@@ -141,22 +175,34 @@ class ChatStream(_SseStream):
     an ``id``, ``type`` and JSON-string ``arguments``). The final frame adds a finish
     chunk with an empty delta, then with ``include_usage`` a ``choices: []`` usage
     chunk, then ``data: [DONE]``. A native ``{"error": …}`` frame, or a line that does
-    not decode, becomes :meth:`error`'s event.
+    not decode, becomes :meth:`error`'s event. With ``logprobs`` a chunk carries its
+    frame's token entries (:func:`~nz_proxy.translation.replies.chat_logprobs`); a frame
+    of logprobs alone becomes a chunk with an empty delta. ``index`` and ``ends`` serve
+    :class:`ChoicesStream`.
 
     Counters for accounting: ``prompt_tokens`` and ``completion_tokens`` (from the final
-    frame), ``content_frames`` (frames that carried content, thinking or tool calls: the
-    fallback count when the final frame never comes), ``done`` and ``error_message``.
+    frame), ``content_frames`` (frames that carried content, thinking, tool calls or
+    logprobs: the fallback count when the final frame never comes), ``done`` and
+    ``error_message``.
     """
 
     __slots__ = ("_id_base", "_open", "_role_sent", "_tool_calls")
 
     def __init__(
-        self, *, model: str, completion_id: str, created: int, include_usage: bool
+        self,
+        *,
+        model: str,
+        completion_id: str,
+        created: int,
+        include_usage: bool,
+        index: int = 0,
+        logprobs: bool = False,
+        ends: bool = True,
     ) -> None:
         head = _chunk_head(b"chat.completion.chunk", completion_id, created, model)
-        super().__init__(head, include_usage)
-        self._open = head + b'[{"index":0,"delta":'
-        self._id_base = call_id_base(completion_id)
+        super().__init__(head, include_usage, logprobs=logprobs, ends=ends)
+        self._open = head + b'[{"index":' + str(index).encode() + b',"delta":'
+        self._id_base = call_id_base(completion_id, index)
         self._role_sent = False
         self._tool_calls = 0
 
@@ -177,10 +223,12 @@ class ChatStream(_SseStream):
             thinking = value if isinstance(value, str) else ""
             value = message.get("tool_calls")
             calls = value if isinstance(value, list) else None
+        logprobs = frame.get("logprobs")
         return self._step(
             content,
             thinking,
             calls,
+            logprobs if isinstance(logprobs, list) else None,
             frame.get("done") is True,
             frame.get("done_reason"),
             token_count(frame.get("prompt_eval_count")),
@@ -202,6 +250,7 @@ class ChatStream(_SseStream):
             message.content,
             message.thinking,
             message.tool_calls,
+            frame.logprobs,
             frame.done,
             frame.done_reason,
             token_count(frame.prompt_eval_count),
@@ -213,14 +262,17 @@ class ChatStream(_SseStream):
         content: str,
         thinking: str,
         calls: list[Any] | None,
+        logprobs: list[Any] | None,
         done: bool,
         done_reason: object,
         prompt_tokens: int,
         completion_tokens: int,
     ) -> bytes:
         out = b""
-        if content or thinking or calls:
+        entries = self._entries(logprobs)
+        if content or thinking or calls or logprobs:
             self.content_frames += 1
+        if content or thinking or calls or entries:
             delta: dict[str, Any] = {}
             if not self._role_sent:
                 delta["role"] = "assistant"
@@ -234,7 +286,11 @@ class ChatStream(_SseStream):
                 self._tool_calls += len(items)
                 if items:
                     delta["tool_calls"] = items
-            out = self._open + _encode(delta) + self._close
+            close = self._close
+            if entries is not None:
+                shaped = _encode(chat_logprobs(entries))
+                close = b',"logprobs":' + shaped + b',"finish_reason":null}]' + self._usage_null
+            out = self._open + _encode(delta) + close
         if not done:
             return out
         self.done = True
@@ -261,18 +317,30 @@ class CompletionStream(_SseStream):
     the final frame's chunk (its own text, usually empty) carries ``finish_reason``,
     followed by the usage chunk when asked and ``data: [DONE]``. Thinking has no place in
     a completion, so it is not sent, but frames carrying it count as content frames
-    (those tokens are generated and billed).
+    (those tokens are generated and billed). With ``logprobs`` a chunk carries its
+    frame's tokens (:func:`~nz_proxy.translation.replies.text_logprobs`), their
+    ``text_offset`` counted from the start of this choice's text.
     """
 
-    __slots__ = ("_open",)
+    __slots__ = ("_index", "_offset", "_open")
 
     def __init__(
-        self, *, model: str, completion_id: str, created: int, include_usage: bool
+        self,
+        *,
+        model: str,
+        completion_id: str,
+        created: int,
+        include_usage: bool,
+        index: int = 0,
+        logprobs: bool = False,
+        ends: bool = True,
     ) -> None:
         head = _chunk_head(b"text_completion", completion_id, created, model)
-        super().__init__(head, include_usage)
+        super().__init__(head, include_usage, logprobs=logprobs, ends=ends)
         self._open = head + b'[{"text":'
-        self._close = b',"index":0,"logprobs":null,"finish_reason":null}]' + self._usage_null
+        self._index = b',"index":' + str(index).encode()
+        self._close = self._index + b',"logprobs":null,"finish_reason":null}]' + self._usage_null
+        self._offset = 0  # characters of text sent so far, for ``text_offset``
 
     def feed(self, frame: Mapping[str, Any]) -> bytes:
         """SSE bytes for one decoded native frame."""
@@ -283,9 +351,11 @@ class CompletionStream(_SseStream):
             return self.error(error if isinstance(error, str) else _BAD_FRAME)
         text = frame.get("response")
         thinking = frame.get("thinking")
+        logprobs = frame.get("logprobs")
         return self._step(
             text if isinstance(text, str) else "",
             isinstance(thinking, str) and bool(thinking),
+            logprobs if isinstance(logprobs, list) else None,
             frame.get("done") is True,
             frame.get("done_reason"),
             token_count(frame.get("prompt_eval_count")),
@@ -305,6 +375,7 @@ class CompletionStream(_SseStream):
         return self._step(
             frame.response,
             bool(frame.thinking),
+            frame.logprobs,
             frame.done,
             frame.done_reason,
             token_count(frame.prompt_eval_count),
@@ -315,26 +386,115 @@ class CompletionStream(_SseStream):
         self,
         text: str,
         thinking: bool,
+        logprobs: list[Any] | None,
         done: bool,
         done_reason: object,
         prompt_tokens: int,
         completion_tokens: int,
     ) -> bytes:
-        if text or thinking:
+        if text or thinking or logprobs:
             self.content_frames += 1
+        entries = self._entries(logprobs)
+        shaped = b"null"
+        if entries is not None:
+            values, self._offset = text_logprobs(entries, self._offset)
+            shaped = _encode(values)
+        elif text:
+            self._offset += len(text)
         if not done:
-            return self._open + _encode(text) + self._close if text else b""
+            if not text and entries is None:
+                return b""
+            if entries is None:
+                return self._open + _encode(text) + self._close
+            return (
+                self._open
+                + _encode(text)
+                + self._index
+                + b',"logprobs":'
+                + shaped
+                + b',"finish_reason":null}]'
+                + self._usage_null
+            )
         self.done = True
         self.prompt_tokens = prompt_tokens
         self.completion_tokens = completion_tokens
         return self._finish(
             self._open
             + _encode(text)
-            + b',"index":0,"logprobs":null,"finish_reason":"'
+            + self._index
+            + b',"logprobs":'
+            + shaped
+            + b',"finish_reason":"'
             + text_finish(done_reason).encode()
             + b'"}]'
             + self._usage_null
         )
+
+
+class ChoicesStream:
+    """Several choices' native streams as one SSE stream: ``n`` > 1, or a batch of
+    prompts, each choice its own backend stream.
+
+    Each choice is a :class:`ChatStream` or :class:`CompletionStream` made with its
+    ``index`` and ``ends=False``; :meth:`feed_choice` translates one line of one choice,
+    whose chunks carry its index (OpenAI clients gather choices by index). The usage
+    chunk (the sum of every choice's counts) and ``[DONE]`` follow the last choice's
+    finish. An error in any choice ends the whole stream with one error event, as a
+    single stream ends; the caller stops the other backends. The counters are the sums
+    of the choices'.
+    """
+
+    __slots__ = ("_choices", "_head", "_include_usage", "done", "error_message")
+
+    def __init__(
+        self, choices: Sequence[ChatStream | CompletionStream], *, include_usage: bool
+    ) -> None:
+        self._choices = list(choices)
+        self._head = self._choices[0]._head
+        self._include_usage = include_usage
+        self.done = False
+        self.error_message: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.done or self.error_message is not None
+
+    @property
+    def prompt_tokens(self) -> int:
+        return sum(choice.prompt_tokens for choice in self._choices)
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(choice.completion_tokens for choice in self._choices)
+
+    @property
+    def content_frames(self) -> int:
+        return sum(choice.content_frames for choice in self._choices)
+
+    def choice(self, index: int) -> ChatStream | CompletionStream:
+        return self._choices[index]
+
+    def feed_choice(self, index: int, line: bytes) -> bytes:
+        """SSE bytes for one raw native line of choice ``index``."""
+        if self.finished:
+            return b""
+        choice = self._choices[index]
+        out = choice.feed_line(line)
+        if choice.error_message is not None:
+            self.error_message = choice.error_message
+            return out  # the choice's error event ends the whole stream
+        if choice.done and all(other.done for other in self._choices):
+            self.done = True
+            prompt, completion = self.prompt_tokens, self.completion_tokens
+            out += _stream_end(self._head, self._include_usage, prompt, completion)
+        return out
+
+    def error(self, message: str) -> bytes:
+        """One error event that ends the stream (``b""`` once it has finished)."""
+        if self.finished:
+            return b""
+        self.error_message = message
+        return _error_event(message)
 
 
 class NativeStreamTap:
@@ -343,7 +503,7 @@ class NativeStreamTap:
     Feed each complete line (or a whole non-streamed JSON body): the tap decodes only
     the fields it needs and tracks ``prompt_tokens``/``completion_tokens`` (the final
     frame's ``prompt_eval_count``/``eval_count``), ``content_frames`` (frames with
-    content, thinking or tool calls, for chat and generate alike), ``done`` and
+    content, thinking, tool calls or logprobs, for chat and generate alike), ``done`` and
     ``error_message`` (an ``{"error": …}`` line). It never raises on upstream garbage;
     lines it cannot read are counted in ``invalid_lines``.
     """
@@ -387,6 +547,7 @@ class NativeStreamTap:
         if (
             frame.response
             or frame.thinking
+            or frame.logprobs
             or (message and (message.content or message.thinking or message.tool_calls))
         ):
             self.content_frames += 1

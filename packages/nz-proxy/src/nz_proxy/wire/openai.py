@@ -150,6 +150,22 @@ class Reasoning(msgspec.Struct):
     effort: Effort | None = None
 
 
+# Ollama answers with at most 20 alternatives per token (and refuses more).
+TopLogprobs = Annotated[int, msgspec.Meta(ge=0, le=20)]
+# OpenAI's own bound, and MAX_CHOICES's.
+Choices = Annotated[
+    int,
+    msgspec.Meta(
+        ge=1,
+        le=128,
+        description="How many choices to generate, each its own call to the model; each "
+        "counts against the key's limits and reserves its own completion cap. At most "
+        "`MAX_CHOICES` (20 unless the operator says otherwise) per request, counting "
+        "every prompt of a batch.",
+    ),
+]
+
+
 class ChatCompletionRequest(msgspec.Struct):
     """An OpenAI chat completion. Fields not listed are accepted and dropped."""
 
@@ -174,6 +190,14 @@ class ChatCompletionRequest(msgspec.Struct):
     response_format: TextFormat | JsonObjectFormat | JsonSchemaFormat | None = None
     reasoning_effort: Effort | None = None
     reasoning: Reasoning | None = None
+    n: Choices | None = None
+    logprobs: Annotated[
+        bool | None, msgspec.Meta(description="Return each token's log probability.")
+    ] = None
+    top_logprobs: Annotated[
+        TopLogprobs | None,
+        msgspec.Meta(description="Alternatives listed per token (0-20); needs `logprobs`."),
+    ] = None
     options: Options | None = None
     keep_alive: KeepAlive | None = None
     format: Format | None = None
@@ -181,10 +205,11 @@ class ChatCompletionRequest(msgspec.Struct):
 
 
 class CompletionRequest(msgspec.Struct):
-    """A legacy OpenAI completion: one prompt per request."""
+    """A legacy OpenAI completion: one prompt, or a batch of prompts with one choice
+    each (`n` each, in prompt order)."""
 
     model: ModelName
-    prompt: str | Annotated[list[str], msgspec.Meta(min_length=1, max_length=1)]
+    prompt: str | Annotated[list[str], msgspec.Meta(min_length=1)]
     stream: bool | None = None
     stream_options: StreamOptions | None = None
     suffix: str | None = None
@@ -198,6 +223,13 @@ class CompletionRequest(msgspec.Struct):
     presence_penalty: Penalty | None = None
     seed: Int64 | None = None
     stop: Stop | None = None
+    n: Choices | None = None
+    logprobs: Annotated[
+        TopLogprobs | None,
+        msgspec.Meta(
+            description="Return each token's log probability and this many alternatives (0-20)."
+        ),
+    ] = None
     options: Options | None = None
     keep_alive: KeepAlive | None = None
     format: Format | None = None
@@ -267,10 +299,30 @@ class AssistantReply(msgspec.Struct):
     tool_calls: list[ToolCallReply] | None = None
 
 
+class TopLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(msgspec.Struct):
+    token: str
+    logprob: float
+    bytes: Annotated[list[int] | None, msgspec.Meta(description="The token's UTF-8 bytes.")]
+    top_logprobs: list[TopLogprob]
+
+
+class ChatLogprobs(msgspec.Struct):
+    content: list[TokenLogprob]
+    refusal: None
+
+
 class ChatChoice(msgspec.Struct):
-    index: int
+    index: Annotated[int, msgspec.Meta(description="The choice's place: 0 to `n` - 1.")]
     message: AssistantReply
-    logprobs: None
+    logprobs: Annotated[
+        ChatLogprobs | None, msgspec.Meta(description="Null unless `logprobs` was asked.")
+    ]
     finish_reason: Literal["stop", "length", "tool_calls"]
 
 
@@ -287,10 +339,25 @@ class ChatCompletion(msgspec.Struct):
     usage: Usage
 
 
+class TextLogprobs(msgspec.Struct):
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: Annotated[
+        list[dict[str, float]], msgspec.Meta(description="Per token: alternative → logprob.")
+    ]
+    text_offset: Annotated[
+        list[int], msgspec.Meta(description="Where each token starts in `text`.")
+    ]
+
+
 class TextChoice(msgspec.Struct):
     text: str
-    index: int
-    logprobs: None
+    index: Annotated[
+        int, msgspec.Meta(description="Prompt-major: the prompt's place * `n` + the choice's.")
+    ]
+    logprobs: Annotated[
+        TextLogprobs | None, msgspec.Meta(description="Null unless `logprobs` was asked.")
+    ]
     finish_reason: Literal["stop", "length"]
 
 

@@ -7,12 +7,15 @@
 -- ARGV: 1 rid, 2 now ms ('' = Redis TIME), 3 inference (0|1), 4 rpm, 5 tpm,
 --       6 concurrent (0 = no limit), 7 lease ms, 8 prompt estimate,
 --       9 requested cap (0 = none), 10 default cap, 11 generates (0|1: embeddings do
---       not), 12 journal row, then per budget: limit, ttl ms (0 = never), reset order
+--       not), 12 journal row, 13 count (backend calls: requests counted, slots held, caps
+--       reserved), then per budget: limit, ttl ms (0 = never), reset order
 -- Returns {status, reason, retry ms, cap, reserved, requests used (-1 = unlimited),
 --          requests reset ms, tokens used (-1 = unlimited), tokens reset ms,
 --          tokens retry ms, blocking budget index, budget used...}
 --   status 1 admitted, 0 refused, 2 budget counters missing (reason lists them).
 --   Budget values are after the reservation when admitted, as they stand otherwise.
+-- A request of count c is c members in the request window and in the leases: rid, then
+-- rid#2 .. rid#c (settle.lua and renew.lua name them alike).
 local WINDOW, BUCKET, BUCKETS = 60000, 10000, 6
 local now
 if ARGV[2] == '' then
@@ -25,7 +28,8 @@ local rid, inference, generates = ARGV[1], ARGV[3] == '1', ARGV[11] == '1'
 local rpm, tpm, concurrent = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 local lease, estimate = tonumber(ARGV[7]), tonumber(ARGV[8])
 local requested, default_cap = tonumber(ARGV[9]), tonumber(ARGV[10])
-local nbudgets = (#ARGV - 12) / 3
+local count = tonumber(ARGV[13])
+local nbudgets = (#ARGV - 13) / 3
 local req_used, req_reset, tok_used, tok_reset, tok_retry = -1, 0, -1, 0, 0
 local used, limits, orders = {}, {}, {}
 
@@ -42,8 +46,10 @@ if rpm > 0 then
   req_used = redis.call('ZCARD', KEYS[1])
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
   req_reset = (oldest[2] and tonumber(oldest[2]) or now) + WINDOW - now
-  if req_used >= rpm then
-    local idx = req_used - rpm
+  if req_used + count > rpm then
+    -- More than the limit never fits: a whole window is the honest least of the wait.
+    if count > rpm then return reply(0, 'rpm', WINDOW, 0, 0, 0) end
+    local idx = req_used + count - rpm - 1
     local frees = tonumber(redis.call('ZRANGE', KEYS[1], idx, idx, 'WITHSCORES')[2]) + WINDOW
     return reply(0, 'rpm', math.max(1, frees - now), 0, 0, 0)
   end
@@ -57,8 +63,8 @@ for i = 1, nbudgets do
     missing[#missing + 1] = tostring(i)
   else
     used[i] = tonumber(value)
-    limits[i] = tonumber(ARGV[12 + 3 * (i - 1) + 1])
-    orders[i] = tonumber(ARGV[12 + 3 * (i - 1) + 3])
+    limits[i] = tonumber(ARGV[13 + 3 * (i - 1) + 1])
+    orders[i] = tonumber(ARGV[13 + 3 * (i - 1) + 3])
   end
 end
 if #missing > 0 then
@@ -100,9 +106,10 @@ if inference then
   redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', now)
   if concurrent > 0 then
     local live = redis.call('ZCARD', KEYS[3])
-    if live >= concurrent then
-      local first = tonumber(redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2])
-      return reply(0, 'concurrency', math.max(1, math.min(1000, first - now)), 0, 0, 0)
+    if live + count > concurrent then
+      local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')[2]
+      local wait = first and tonumber(first) - now or 1000
+      return reply(0, 'concurrency', math.max(1, math.min(1000, wait)), 0, 0, 0)
     end
   end
   if tpm > 0 and tok_used >= tpm then
@@ -110,7 +117,8 @@ if inference then
   end
 end
 
--- The reservation: prompt estimate plus completion cap (embeddings: the prompt alone).
+-- The reservation: prompt estimate plus a completion cap per call (embeddings: the
+-- prompt alone).
 local cap, reserved = 0, 0
 if inference and (tpm > 0 or nbudgets > 0) then
   local remaining = nil
@@ -127,10 +135,12 @@ if inference and (tpm > 0 or nbudgets > 0) then
     if remaining == nil then
       cap = ask or default_cap
     else
-      cap = ask or math.min(default_cap, remaining - estimate)
+      cap = ask or math.min(default_cap, math.floor((remaining - estimate) / count))
     end
-    needed = estimate + math.max(cap, 1)
-    if remaining ~= nil and (cap < 1 or estimate + cap > remaining) then needed = -needed end
+    needed = estimate + count * math.max(cap, 1)
+    if remaining ~= nil and (cap < 1 or estimate + count * cap > remaining) then
+      needed = -needed
+    end
   end
   if needed < 0 then
     local blocker, order = 0, -1
@@ -141,16 +151,24 @@ if inference and (tpm > 0 or nbudgets > 0) then
     end
     return reply(0, 'budget', 0, 0, 0, blocker)
   end
-  reserved = generates and (estimate + cap) or estimate
+  reserved = generates and (estimate + count * cap) or estimate
 end
 
 -- Admitted: record it.
+local function slots(score)
+  local members = {score, rid}
+  for i = 2, count do
+    members[#members + 1] = score
+    members[#members + 1] = rid .. '#' .. i
+  end
+  return members
+end
 if rpm > 0 then
-  redis.call('ZADD', KEYS[1], now, rid)
+  redis.call('ZADD', KEYS[1], unpack(slots(now)))
   redis.call('PEXPIRE', KEYS[1], WINDOW + 1000)
 end
 if inference then
-  redis.call('ZADD', KEYS[3], now + lease, rid)
+  redis.call('ZADD', KEYS[3], unpack(slots(now + lease)))
   redis.call('PEXPIRE', KEYS[3], lease + WINDOW)
   if tpm > 0 and reserved > 0 then
     redis.call('HINCRBY', KEYS[2], current, reserved)
@@ -158,7 +176,7 @@ if inference then
   end
   for i = 1, nbudgets do
     used[i] = redis.call('INCRBY', KEYS[4 + i], reserved)
-    local ttl = tonumber(ARGV[12 + 3 * (i - 1) + 2])
+    local ttl = tonumber(ARGV[13 + 3 * (i - 1) + 2])
     if ttl > 0 then redis.call('PEXPIRE', KEYS[4 + i], ttl) end
   end
   redis.call('HSET', KEYS[4], rid, 'R|' .. reserved .. '|' .. current .. '|' .. now .. '|' .. ARGV[12])

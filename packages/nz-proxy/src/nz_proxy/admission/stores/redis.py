@@ -108,6 +108,7 @@ class RedisStore:
             ask.default_cap,
             int(ask.generates),
             journal,
+            ask.count,
         ]
         for line in budgets:
             args += [line.limit, line.ttl_ms, RESET_ORDER[line.period]]
@@ -163,6 +164,7 @@ class RedisStore:
             int(ask.limits.tpm is not None),
             journal,
             "" if admitted_ms is None else admitted_ms,
+            ask.count,
         ]
         outcome = int(await self._calls.run(self._settle, keys, args))
         return {1: Settled.SETTLED, 2: Settled.ABANDONED}.get(outcome, Settled.UNKNOWN)
@@ -172,7 +174,7 @@ class RedisStore:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
             for prefix, ask in leases:
-                args: list[str | int] = [ask.rid, ask.lease_ms, self._now()]
+                args: list[str | int] = [ask.rid, ask.lease_ms, self._now(), ask.count]
                 await self._renew(keys=[key_names(prefix)[2]], args=args, client=pipe)
             await pipe.execute()
 
@@ -235,7 +237,8 @@ def _windows(
     requests = tokens = None
     if limits.rpm is not None and req_used >= 0:
         if status == 1:
-            requests = WindowCheck(True, req_used, limits.rpm - req_used - 1, 0, req_reset)
+            remaining = limits.rpm - req_used - ask.count
+            requests = WindowCheck(True, req_used, remaining, 0, req_reset)
         elif reason == "rpm":
             requests = WindowCheck(False, req_used, 0, retry, req_reset)
         else:  # refused later: this request was not counted

@@ -4,14 +4,17 @@
 -- KEYS: 1 token window, 2 leases, 3 journal, 4 rows not on the ledger yet, then the n
 --       budget counters it was admitted on, then their n rebuild times
 -- ARGV: 1 rid, 2 now ms ('' = Redis TIME), 3 tokens used, 4 token window kept (0|1),
---       5 audit row to journal ('' = none), 6 admitted at ms ('' = unknown)
+--       5 audit row to journal ('' = none), 6 admitted at ms ('' = unknown),
+--       7 count (its lease slots: rid, rid#2 .. rid#count, as admit.lua made them)
 -- Returns 1 settled, 2 abandoned (its lease ran out and it was reaped), 0 unknown.
 local BUCKET, BUCKETS = 10000, 6
 -- A mark outlives a process that died before writing its row by this long at most.
 local UNLEDGERED_MS = 5000
 local rid = ARGV[1]
 local n = (#KEYS - 4) / 2
-redis.call('ZREM', KEYS[2], rid)
+local slots = {rid}
+for i = 2, tonumber(ARGV[7]) do slots[i] = rid .. '#' .. i end
+redis.call('ZREM', KEYS[2], unpack(slots))
 local entry = redis.call('HGET', KEYS[3], rid)
 if not entry then
   -- Its reservation was lost (Redis lost its state). A counter rebuilt from the
