@@ -75,7 +75,17 @@ _ROUTES = {
     "/api/chat": CHAT_BODY,
     "/api/generate": _GENERATE_BODY,
     "/api/tags": {"models": [_MODEL]},
-    "/api/ps": {"models": []},
+    # Loaded, as on a busy node: the gateway routes to it warm.
+    "/api/ps": {
+        "models": [
+            {
+                **_MODEL,
+                "expires_at": "2318-01-01T00:00:00Z",
+                "size_vram": 2019393189,
+                "context_length": 4096,
+            }
+        ]
+    },
     "/api/show": _SHOW_BODY,
     "/api/version": {"version": "0.13.0"},
     "/v1/chat/completions": _OPENAI_BODY,

@@ -94,8 +94,11 @@ def _migrate(database_url: str, scratch: Path) -> None:
 
 
 @contextmanager
-def neuronetz(mode: str, backend: str, scratch: Path) -> Iterator[Neuronetz]:
-    """Start the gateway in ``mode`` (production or embedded) in front of ``backend``."""
+def neuronetz(
+    mode: str, backend: str, scratch: Path, backends: tuple[str, ...] = ()
+) -> Iterator[Neuronetz]:
+    """Start the gateway in ``mode`` (production or embedded) in front of ``backend``
+    (or of every node of ``backends``)."""
     with ExitStack() as stack:
         redis_url: str | None = None
         database: str | None = None
@@ -109,6 +112,8 @@ def neuronetz(mode: str, backend: str, scratch: Path) -> Iterator[Neuronetz]:
         _migrate(database_url, scratch)
         key = asyncio.run(_provision(database_url))
         env = {"DATABASE_URL": database_url, "OLLAMA_BASE_URL": backend, **WORKER_ENV}
+        if backends:
+            env["OLLAMA_BASE_URLS"] = ",".join(backends)
         if redis_url is not None:
             env["REDIS_URL"] = redis_url
         gateway = start_gateway(scratch, env)

@@ -94,7 +94,15 @@ def test_the_gateways_scripts_are_named_by_the_sha_evalsha_sends() -> None:
     source = files("nz_proxy.admission.stores").joinpath("admit.lua").read_text()
     # redis-py's own script object, as the gateway registers it (no connection made).
     assert scripts[Redis().register_script(source).sha] == "admit"
-    assert sorted(scripts.values()) == ["admit", "reap", "renew", "seed", "settle"]
+    assert sorted(scripts.values()) == [
+        "admit",
+        "listing",
+        "reap",
+        "release",
+        "renew",
+        "seed",
+        "settle",
+    ]
 
 
 def test_hot_calls_leave_out_the_timers_scripts() -> None:

@@ -26,14 +26,15 @@ def test_a_model_pulled_out_of_band_appears_within_one_refresh(rig: RigFactory) 
         time.sleep(0.1)
     chat = r.post("/api/chat", {"model": "newcomer", "messages": [], "stream": False})
     assert chat.status_code == 200
-    # Discovery only ever asks /api/tags; it never pulls.
-    assert set(r.mock_stats()["requests"]) <= {"/api/tags", "/api/chat"}
+    # Discovery only ever asks /api/tags and /api/ps (what is loaded); it never pulls.
+    assert set(r.mock_stats()["requests"]) <= {"/api/tags", "/api/ps", "/api/chat"}
 
 
 @pytest.mark.parametrize("deployment", ["production"], indirect=True)
 def test_discovery_is_shared_in_redis_with_a_ttl(deployment: Deployment) -> None:
     assert deployment.redis_url is not None
     with redis.Redis.from_url(deployment.redis_url) as client:
-        assert client.exists("gateway:models:discovered")
-        ttl = client.pttl("gateway:models:discovered")
+        # One list per node (the single OLLAMA_BASE_URL is node-1).
+        assert client.exists("gateway:models:discovered:node-1")
+        ttl = client.pttl("gateway:models:discovered:node-1")
     assert 0 < ttl <= 30_000

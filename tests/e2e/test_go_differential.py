@@ -39,6 +39,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from nz_core import admin
+from nz_mock_ollama.catalogue import model_from_name
 from nz_proxy.settings import Settings
 from tests.differential.godecode import GoDecoder, GoReading, build
 from tests.e2e.conftest import Deployment
@@ -133,8 +134,11 @@ def expected_cap(meaning: Meaning) -> int | None:
 
 
 def expected_num_ctx(meaning: Meaning) -> int | None:
-    """``options.num_ctx`` as Ollama must read it (today: as the client meant it)."""
-    return meaning.num_ctx
+    """``options.num_ctx`` as Ollama must read it: as the client meant it, capped at the
+    model's context length (SPEC §4.12; no size is pinned in these tests)."""
+    if meaning.num_ctx is None:
+        return None
+    return min(meaning.num_ctx, model_from_name(meaning.model, 0).context_length)
 
 
 def expected_keep_alive_ns(meaning: Meaning) -> int | None:
@@ -768,6 +772,10 @@ class Probe:
         """Send ``body`` (which means ``meaning``) and hold Go's reading to it; the status."""
         endpoint = meaning.endpoint
         response, forwarded = self.send(endpoint.path, body)
+        if endpoint.upstream != "/api/show":
+            # The gateway's own /api/show, for the model's context length (the cap on
+            # num_ctx, SPEC §4.12), is not the client's body.
+            forwarded = [sent for sent in forwarded if sent.path != "/api/show"]
         lines = [
             f"sent to {endpoint.path}: {body!r}",
             f"the gateway answered {response.status_code}: {response.text[:300]}",

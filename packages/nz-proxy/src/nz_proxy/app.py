@@ -50,7 +50,7 @@ from nz_proxy.gateway import Gateway
 from nz_proxy.keycache import LocalKeyCache, MemorySharedCache, RedisSharedCache
 from nz_proxy.logs import configure_logging
 from nz_proxy.maintenance import reap_step, sweep_step
-from nz_proxy.metrics import Metrics, background_failed
+from nz_proxy.metrics import FleetMetrics, Metrics, background_failed
 from nz_proxy.recorder import Recorder
 from nz_proxy.revocation import ChangeListener, ChangePoller
 from nz_proxy.routes import ollama, openai, system
@@ -142,9 +142,10 @@ def build_gateway(settings: Settings, *, upstream: Upstream | None = None) -> Ga
             redis, settings.model_discovery_cache_ttl_s, f"{CATALOGUE_KEY}:{node}"
         )
 
+    inflight = RedisInFlight(redis) if redis is not None else MemoryInFlight()
     fleet = Fleet(
         connect,
-        RedisInFlight(redis) if redis is not None else MemoryInFlight(),
+        inflight,
         catalogue_store,
         refresh_s=settings.model_discovery_refresh_s,
         ttl_s=settings.model_discovery_cache_ttl_s,
@@ -163,6 +164,8 @@ def build_gateway(settings: Settings, *, upstream: Upstream | None = None) -> Ga
         Job("sweeper", partial(sweep_step, engine)),
         Job("residency", partial(fleet.residency_step, settings.backend_ps_refresh_s)),
         Job("backend-leases", fleet.renew_step, first_after=lease_s / 3),
+        Job("fleet-metrics", FleetMetrics(fleet).step),
+        Job("inflight-share", inflight.sync),
         Job(
             "topology",
             topology.poll_step if sqlite else topology.listen_step,
@@ -259,7 +262,6 @@ def asgi_app(settings: Settings, gateway: Gateway | None = None) -> ASGIApp:
     finished request becomes a log line, an audit row and metrics."""
     gateway = gateway or build_gateway(settings)
     metrics = Metrics(
-        fleet=gateway.fleet,
         audit_waiting=lambda: gateway.audit.waiting,
         verifications=lambda: gateway.auth.verifications,
         audit_lost=lambda: gateway.audit.lost,

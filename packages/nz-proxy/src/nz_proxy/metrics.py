@@ -25,7 +25,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from nz_proxy.exchange import Exchange
 from nz_proxy.fleet.fleet import Fleet
 
-__all__ = ["CONTENT_TYPE", "Metrics", "background_failed", "render"]
+__all__ = ["CONTENT_TYPE", "FleetMetrics", "Metrics", "background_failed", "render"]
 
 CONTENT_TYPE: Final = CONTENT_TYPE_LATEST.encode()
 MULTIPROCESS: Final = "PROMETHEUS_MULTIPROC_DIR"
@@ -97,6 +97,9 @@ VERIFICATIONS = Counter(
     "gateway_key_verifications", "argon2 verifications (cache misses that reached argon2)."
 )
 
+# How often the per-node figures are published.
+FLEET_EVERY_S: Final = 1.0
+
 _UPSTREAM_CODES: Final = {
     "upstream_unavailable": "unavailable",
     "upstream_timeout": "timeout",
@@ -109,14 +112,10 @@ class Metrics:
 
     def __init__(
         self,
-        fleet: Fleet,
         audit_waiting: Callable[[], int],
         verifications: Callable[[], int],
         audit_lost: Callable[[], int] = lambda: 0,
     ) -> None:
-        self._fleet = fleet
-        self._routed: dict[tuple[str, str], int] = {}
-        self._loads: dict[str, int] = {}
         self._audit_waiting = audit_waiting
         self._verifications = verifications
         self._verified = 0
@@ -139,7 +138,6 @@ class Metrics:
             TOKENS.labels(tenant, model, "out").inc(exchange.tokens_out)
         if exchange.error in _UPSTREAM_CODES:
             UPSTREAM_FAILURES.labels(_UPSTREAM_CODES[exchange.error]).inc()
-        self._observe_fleet()
         AUDIT_WAITING.set(self._audit_waiting())
         verified = self._verifications()
         if verified > self._verified:
@@ -150,8 +148,24 @@ class Metrics:
             AUDIT_LOST.inc(lost - self._lost)
             self._lost = lost
 
-    def _observe_fleet(self) -> None:
-        for name, backend in self._fleet.backends.items():
+
+class FleetMetrics:
+    """The per-node figures, published by a background job once a second rather than
+    per request: they are gauges and running totals, and a multiprocess gauge write is
+    a file write."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self._routed: dict[tuple[str, str], int] = {}
+        self._loads: dict[str, int] = {}
+
+    async def step(self) -> float:
+        """Publish once (a supervised step)."""
+        self.publish()
+        return FLEET_EVERY_S
+
+    def publish(self) -> None:
+        for name, backend in self.fleet.backends.items():
             BREAKER.labels(name).set(backend.upstream.breaker.state.value)
             BACKEND_IN_FLIGHT.labels(name).set(backend.local_in_flight)
             loads = backend.loads - self._loads.get(name, 0)
@@ -161,7 +175,7 @@ class Metrics:
             for model, estimate in backend.estimates.items():
                 if estimate.ttfb.measured:
                     BACKEND_TTFB.labels(name, model).set(estimate.ttfb.value)
-        for (name, reason), count in self._fleet.decisions.items():
+        for (name, reason), count in self.fleet.decisions.items():
             new = count - self._routed.get((name, reason), 0)
             if new > 0:
                 ROUTES.labels(name, reason).inc(new)

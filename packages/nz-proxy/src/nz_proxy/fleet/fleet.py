@@ -189,17 +189,18 @@ class Fleet:
         raise UpstreamUnavailable(retry_after_ms=self._soonest_ms())
 
     def _soonest_ms(self) -> int:
-        waits = [self.refresh_s * 1000]
+        """When a node may serve again: an open breaker's time left, or a silent node's
+        next catalogue poll; the soonest of them."""
+        waits: list[float] = []
         for backend in self.backends.values():
+            if not backend.active:
+                continue
             breaker = backend.upstream.breaker
             if backend.open:
                 waits.append((breaker.reset_s - (breaker.clock() - breaker.opened_at)) * 1000)
-            elif backend.active:
-                try:
-                    backend.discovery.require()
-                except UpstreamUnavailable as exc:
-                    waits.append(exc.retry_after_ms or 1000)
-        return max(1000, int(min(waits)))
+            elif backend.catalogue() is None:
+                waits.append(backend.discovery.retry_after_ms())
+        return max(1000, int(min(waits, default=self.refresh_s * 1000)))
 
     # -- metadata ----------------------------------------------------------------------
 

@@ -1,25 +1,26 @@
 """Requests in flight per node, shared by every replica (SPEC §4.10).
 
 Routing needs each node's in-flight count across all replicas, and whether a load of
-the model is already running there. Both are leases: a replica that dies mid-request
-leaves entries that expire by themselves, as the admission's concurrency leases do.
-In Redis a node's requests are one sorted set (member: request id, score: expiry), a
-running load one key with a TTL; embedded mode keeps the same in the process.
+the model is already running there. Each replica keeps its own exactly, as leases (a
+request that never ends stops counting when its lease runs out); in production it
+shares them through Redis every 100 ms and reads the others' (:class:`RedisInFlight`),
+so a routing decision makes no Redis call. A replica that dies stops counting when its
+share expires. Embedded mode is one process (:class:`MemoryInFlight`).
 
 Routing is an optimisation, not governance: when Redis fails here the request is
-routed on what this replica knows (counts of zero), never refused.
+routed on what this replica knows, never refused.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
 import structlog
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
 __all__ = ["InFlightStore", "Load", "MemoryInFlight", "RedisInFlight"]
@@ -49,6 +50,11 @@ class InFlightStore(Protocol):
     async def mark_loading(self, node: str, model: str, ttl_ms: int) -> None: ...
 
     async def loaded(self, node: str, model: str) -> None: ...
+
+    async def sync(self) -> float:
+        """Share this replica's counts and read the others' (a supervised step);
+        returns the seconds until the next."""
+        ...
 
 
 class MemoryInFlight:
@@ -88,79 +94,131 @@ class MemoryInFlight:
     async def loaded(self, node: str, model: str) -> None:
         self._loading.pop((node, model), None)
 
+    async def sync(self) -> float:
+        return 3600.0  # one process: nothing to share
 
-def lease_key(node: str) -> str:
-    return f"gateway:backend:{node}:inflight"
+    def snapshot(self, now: int) -> tuple[dict[str, int], list[tuple[str, str]]]:
+        """Requests in flight per node, and the loads running, as of ``now``."""
+        counts = {
+            node: sum(1 for until in leases.values() if until > now)
+            for node, leases in self._leases.items()
+        }
+        return counts, [mark for mark, until in self._loading.items() if until > now]
 
 
-def loading_key(node: str, model: str) -> str:
-    return f"gateway:backend:{node}:loading:{model}"
+SHARED_KEY = "gateway:fleet:inflight"
+LOADING_KEY = "gateway:fleet:loading"
+# How often a replica publishes its counts and reads the others'; a replica silent for
+# SHARE_TTL_MS (it died) stops counting.
+SYNC_S = 0.1
+SHARE_TTL_MS = 2_000
 
 
 class RedisInFlight:
-    """Production: one pipelined round trip per routing decision."""
+    """Production: each replica counts its own requests per node, exactly and in the
+    process, and every ``SYNC_S`` publishes the counts and reads the other replicas' in
+    one round trip (a hash field per replica and node, stamped with when it expires).
 
-    def __init__(self, redis: Redis, clock: Callable[[], int] = _ms) -> None:
+    Routing then costs no Redis call per request: it reads counts that are exact for
+    this replica and at most ``SYNC_S`` old for the others, which two random choices
+    tolerate by design. A replica that dies stops being counted once its stamp expires,
+    as a lease would.
+    """
+
+    def __init__(
+        self, redis: Redis, replica: str | None = None, clock: Callable[[], int] = _ms
+    ) -> None:
         self.redis = redis
+        self.replica = replica or uuid.uuid4().hex[:12]
         self.clock = clock
+        self._mine = MemoryInFlight(clock)
+        self._others: dict[str, int] = {}
+        self._others_loading: set[tuple[str, str]] = set()
 
     async def read(self, nodes: Sequence[str], model: str) -> list[Load]:
-        now = self.clock()
-
-        async def counts() -> list[object]:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for node in nodes:
-                    pipe.zcount(lease_key(node), now + 1, "+inf")
-                    pipe.exists(loading_key(node, model))
-                return await pipe.execute()
-
-        try:
-            replies = await asyncio.shield(counts())
-        except RedisError as exc:
-            log.warning("inflight_read_failed", error=type(exc).__name__)
-            return [(0, False) for _ in nodes]
-        return [(int(str(replies[i])), bool(replies[i + 1])) for i in range(0, len(replies), 2)]
+        mine = await self._mine.read(nodes, model)
+        return [
+            (count + self._others.get(node, 0), loading or (node, model) in self._others_loading)
+            for node, (count, loading) in zip(nodes, mine, strict=True)
+        ]
 
     async def acquire(self, node: str, rid: str, lease_ms: int) -> None:
-        now = self.clock()
-        key = lease_key(node)
-        await self._quietly(
-            lambda pipe: (
-                pipe.zremrangebyscore(key, "-inf", now),  # leases of replicas that died
-                pipe.zadd(key, {rid: now + lease_ms}),
-                pipe.pexpire(key, lease_ms * 2),
-            )
-        )
+        await self._mine.acquire(node, rid, lease_ms)
 
     async def release(self, node: str, rid: str) -> None:
-        await self._quietly(lambda pipe: pipe.zrem(lease_key(node), rid))
+        await self._mine.release(node, rid)
 
     async def renew(self, held: Sequence[tuple[str, str]], lease_ms: int) -> None:
-        until = self.clock() + lease_ms
-
-        def extend(pipe: Pipeline) -> None:
-            for node, rid in held:
-                pipe.zadd(lease_key(node), {rid: until}, xx=True)
-                pipe.pexpire(lease_key(node), lease_ms * 2)
-
-        if held:
-            await self._quietly(extend)
+        await self._mine.renew(held, lease_ms)
 
     async def mark_loading(self, node: str, model: str, ttl_ms: int) -> None:
-        await self._quietly(lambda pipe: pipe.set(loading_key(node, model), 1, px=ttl_ms))
+        await self._mine.mark_loading(node, model, ttl_ms)
 
     async def loaded(self, node: str, model: str) -> None:
-        await self._quietly(lambda pipe: pipe.delete(loading_key(node, model)))
+        await self._mine.loaded(node, model)
 
-    async def _quietly(self, build: Callable[[Pipeline], object]) -> None:
-        async def run() -> None:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                build(pipe)
-                await pipe.execute()
-
+    async def sync(self) -> float:
+        """Publish this replica's counts, read the others' (a supervised step)."""
+        now = self.clock()
+        until = now + SHARE_TTL_MS
+        counts, loading = self._mine.snapshot(now)
+        mine = {f"{self.replica}|{node}": f"{count}|{until}" for node, count in counts.items()}
+        marks = {f"{self.replica}|{node}|{model}": str(until) for node, model in loading}
         try:
-            # A command cancelled half-way would leave its reply on the pooled
-            # connection for the next command (the admission's) to read: shielded.
-            await asyncio.shield(run())
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if mine:
+                    pipe.hset(SHARED_KEY, mapping=mine)  # type: ignore[arg-type]
+                if marks:
+                    pipe.hset(LOADING_KEY, mapping=marks)  # type: ignore[arg-type]
+                pipe.hgetall(SHARED_KEY)
+                pipe.hgetall(LOADING_KEY)
+                *_, shared, shared_loading = await asyncio.shield(pipe.execute())
         except RedisError as exc:
-            log.warning("inflight_write_failed", error=type(exc).__name__)
+            log.warning("inflight_sync_failed", error=type(exc).__name__)
+            return SYNC_S
+        self._others, stale = _others(shared, self.replica, now)
+        self._others_loading, stale_marks = _others_loading(shared_loading, self.replica, now)
+        if stale or stale_marks:
+            await self._forget(stale, stale_marks)
+        return SYNC_S
+
+    async def _forget(self, stale: list[bytes], stale_marks: list[bytes]) -> None:
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                if stale:
+                    pipe.hdel(SHARED_KEY, *stale)
+                if stale_marks:
+                    pipe.hdel(LOADING_KEY, *stale_marks)
+                await asyncio.shield(pipe.execute())
+        except RedisError as exc:
+            log.warning("inflight_sync_failed", error=type(exc).__name__)
+
+
+def _others(
+    shared: dict[bytes, bytes], replica: str, now: int
+) -> tuple[dict[str, int], list[bytes]]:
+    """Other replicas' counts per node, and the fields that expired."""
+    counts: dict[str, int] = {}
+    stale: list[bytes] = []
+    for field, value in shared.items():
+        owner, _, node = field.decode().partition("|")
+        count, _, until = value.decode().partition("|")
+        if int(until) <= now:
+            stale.append(field)
+        elif owner != replica:
+            counts[node] = counts.get(node, 0) + int(count)
+    return counts, stale
+
+
+def _others_loading(
+    shared: dict[bytes, bytes], replica: str, now: int
+) -> tuple[set[tuple[str, str]], list[bytes]]:
+    marks: set[tuple[str, str]] = set()
+    stale: list[bytes] = []
+    for field, value in shared.items():
+        owner, node, model = field.decode().split("|", 2)
+        if int(value) <= now:
+            stale.append(field)
+        elif owner != replica:
+            marks.add((node, model))
+    return marks, stale

@@ -125,5 +125,8 @@ class Backend:
             self.residents = residency_from_ps(msgspec.json.decode(body))
         except (GatewayError, StreamBroken, msgspec.DecodeError, AttributeError) as exc:
             log.warning("residency_failed", backend=self.name, error=type(exc).__name__)
+            # A node that does not say what it has loaded may have lost it (a restart):
+            # nothing is warm there until it says so.
+            self.residents = {}
             return False
         return True
