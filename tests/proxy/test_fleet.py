@@ -45,6 +45,7 @@ class Node:
     models: tuple[str, ...]
     loaded: dict[str, int] = field(default_factory=dict)  # model → context length
     status: int = 200
+    load_ns: int = 1  # what the final frame says the load took
     served: list[str] = field(default_factory=list)
     hold: asyncio.Event | None = None
     backend: FakeBackend | None = None
@@ -68,7 +69,7 @@ class Node:
             return web.json_response({"error": "server busy"}, status=self.status)
         if self.hold is not None:
             await self.hold.wait()
-        return web.json_response({"model": model, "done": True, "load_duration": 1})
+        return web.json_response({"model": model, "done": True, "load_duration": self.load_ns})
 
 
 def connect(url: str) -> Upstream:
@@ -343,3 +344,20 @@ async def test_a_replica_that_stops_sharing_stops_counting() -> None:
         assert await client.hlen(SHARED_KEY) == 0  # and is forgotten
     finally:
         await client.aclose()
+
+
+async def test_the_load_time_is_learnt_from_the_final_frame(
+    nodes: dict[str, Node], inflight: Callable[[], InFlightStore]
+) -> None:
+    nodes["c"].load_ns = 3_200_000_000
+    fleet = await fleet_of(specs({"c": nodes["c"]}), inflight())
+    try:
+        estimate = fleet.backends["c"].estimate("all-minilm:latest")
+        assert not estimate.load.measured  # the 20 s prior
+        assert await send(fleet, "all-minilm:latest", "r1") == "c"
+        assert estimate.load.value == pytest.approx(3.2)
+        nodes["c"].load_ns = 2_000_000  # warm now: a few milliseconds are not a load
+        assert await send(fleet, "all-minilm:latest", "r2") == "c"
+        assert estimate.load.value == pytest.approx(3.2)
+    finally:
+        await fleet.close()

@@ -42,6 +42,7 @@ _JSON: Final = {"Content-Type": "application/json"}
 # An error answer is read whole to tell Ollama's own errors from anything else.
 MAX_ERROR_BYTES: Final = 64 << 10
 PROBE_PATH: Final = "/api/version"
+TAIL_BYTES: Final = 1024
 
 
 class StreamBroken(Exception):
@@ -114,6 +115,9 @@ class Reply:
         self._upstream = upstream  # None: not guarded, failures are nobody's concern
         self._body = body
         self.status = response.status
+        # The answer's last bytes, where Ollama's final frame says how long the load
+        # took (routing learns from it: nz_proxy.fleet).
+        self.tail = b""
 
     @property
     def content_type(self) -> str:
@@ -123,7 +127,9 @@ class Reply:
         if self._body is not None:
             return self._body
         try:
-            return await self._response.read()
+            body = await self._response.read()
+            self.tail = body[-TAIL_BYTES:]
+            return body
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._broken()
             raise StreamBroken(type(exc).__name__) from None
@@ -134,6 +140,7 @@ class Reply:
         """The body as it arrives. A failure mid-way raises :class:`StreamBroken`."""
         try:
             async for chunk in self._response.content.iter_any():
+                self.tail = (self.tail + chunk)[-TAIL_BYTES:]
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._broken()

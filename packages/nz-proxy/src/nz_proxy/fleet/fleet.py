@@ -11,6 +11,7 @@ reached or said it is unavailable, always before the first byte reaches the clie
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ log = structlog.get_logger("nz_proxy.fleet")
 RETRYABLE_STATUSES = frozenset({502, 503})
 # A load mark outlives a load that never reports back by this long at most.
 LOADING_MARK_MS = 120_000
+# A load_duration shorter than this is a warm start, not a load.
+REAL_LOAD_S = 0.5
+_LOAD_DURATION = re.compile(rb'"load_duration"\s*:\s*(\d+)')
 # A context length no node would tell is asked for again after this long.
 UNKNOWN_RETRY_S = 10.0
 
@@ -59,13 +63,24 @@ class Routed:
 
     async def finish(self) -> None:
         """The request is over: free its slot, and learn how long a warm request holds
-        one (a queued or cold one's time includes waiting)."""
+        one (a queued or cold one's time includes waiting), and how long a load took
+        (the final frame's ``load_duration``)."""
         if self._done:
             return
         self._done = True
+        estimate = self.backend.estimate(self.model)
         if self.reason is Reason.WARM:
-            self.backend.estimate(self.model).busy.observe(time.monotonic() - self.started)
+            estimate.busy.observe(time.monotonic() - self.started)
+        loaded_s = load_duration_s(self.reply.tail)
+        if loaded_s is not None and loaded_s >= REAL_LOAD_S:
+            estimate.load.observe(loaded_s)
         await self.fleet.release(self.backend, self.rid)
+
+
+def load_duration_s(tail: bytes) -> float | None:
+    """The ``load_duration`` (nanoseconds) of the last frame in ``tail``, in seconds."""
+    found = _LOAD_DURATION.findall(tail)
+    return int(found[-1]) / 1e9 if found else None
 
 
 class Calls:
@@ -344,8 +359,6 @@ class Fleet:
         if reason is Reason.WARM:
             backend.estimate(model).ttfb.observe(ttfb)  # a queued wait is not the node's pace
         elif reason is not Reason.QUEUE:
-            if reason is not Reason.JOIN:  # a whole load, as this request waited for it
-                backend.estimate(model).load.observe(ttfb)
             backend.now_resident(model, num_ctx)
             # Not awaited: the answer is read at once (a body that arrived whole is lost
             # to aiohttp if the connection drops while we wait on Redis).
