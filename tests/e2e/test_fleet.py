@@ -197,13 +197,13 @@ async def test_warm_first_then_spill_over_only_when_waiting_costs_more(fleet: Fl
     assert warm["requests"] == 51  # the preload and all fifty
     assert cold.get("loads", 0) == 0
     assert cold.get("requests", 0) == 0
-    # A burst larger than node 0's one slot, each request holding it about 1 s (8
-    # tokens at 8/s). The slot time the gateway learnt from the fifty quick answers is
+    # A burst larger than node 0's one slot, each request holding it half a second (8
+    # tokens at 16/s). The slot time the gateway learnt from the fifty quick answers is
     # a few milliseconds, and node 1's load estimate is the 20 s default (it never
     # loaded there): waiting always looks cheaper than a load, so the burst queues on
     # node 0 (Ollama's queue) and nothing spills. The spill-over itself, with measured
     # estimates, is shown in tests/proxy/test_fleet.py.
-    httpx.post(fleet.nodes.urls[0] + "/_mock/config", json={"token_rate": 8}).raise_for_status()
+    httpx.post(fleet.nodes.urls[0] + "/_mock/config", json={"token_rate": 16}).raise_for_status()
     async with httpx.AsyncClient(timeout=60) as client:
         body = {"model": "llama3.2", "messages": [{"role": "user", "content": "hi"}]}
         burst = await asyncio.gather(
@@ -336,12 +336,12 @@ async def test_keep_alive_and_num_ctx_follow_the_residency_policy(
 
 
 @contextmanager
-def node_process(log_dir: Path, port: int, models: str) -> Iterator[MockProcess]:
+def node_process(log_dir: Path, port: int, models: str, *args: str) -> Iterator[MockProcess]:
     """One mock node on a fixed port, so that it can come back where it was."""
     log = log_dir / f"node-{port}-{time.monotonic_ns()}.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
-            mock_command("--port", str(port), "--models", models, "--token-rate", "5"),
+            mock_command("--port", str(port), "--models", models, *args),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=sink,
@@ -381,13 +381,13 @@ async def test_a_node_killed_mid_stream_is_routed_around_and_comes_back(
     ports = [free_port() for _ in range(3)]
     catalogues = ["llama3.2:latest", "llama3.2:latest,mistral:latest", "qwen2.5:7b"]
     with ExitStack() as nodes:
-        victim = nodes.enter_context(ExitStack())
-        urls = [
-            (victim if index == 1 else nodes)
-            .enter_context(node_process(tmp_path, port, models))
-            .url
-            for index, (port, models) in enumerate(zip(ports, catalogues, strict=True))
+        # The second node streams slowly (24 tokens at 5/s), so it dies mid-stream.
+        pace = [("--token-rate", "0"), ("--token-rate", "5"), ("--token-rate", "0")]
+        started = [
+            nodes.enter_context(node_process(tmp_path, port, models, *args))
+            for port, models, args in zip(ports, catalogues, pace, strict=True)
         ]
+        urls = [node.url for node in started]
         gateway = fleet.start_gateway(
             OLLAMA_BASE_URLS=",".join(urls),
             CIRCUIT_BREAKER_FAILURES="1",
@@ -407,7 +407,8 @@ async def test_a_node_killed_mid_stream_is_routed_around_and_comes_back(
                 sent += 1
                 lines = streaming.aiter_lines()
                 assert json.loads(await anext(lines))["done"] is False
-                victim.close()  # SIGTERM... and then the node is gone
+                started[1].process.kill()  # SIGKILL: the node is gone mid-stream
+                started[1].process.wait()
                 rest = [json.loads(line) async for line in lines if line]
         assert "error" in rest[-1]  # the stream ended with the error frame
         for _ in range(6):  # new requests go to the first node
@@ -422,7 +423,7 @@ async def test_a_node_killed_mid_stream_is_routed_around_and_comes_back(
         assert outage.status_code in (403, 502)
         # The node comes back where it was; after the breaker's reset the next request
         # for its model is the half-open probe, and traffic returns.
-        nodes.enter_context(node_process(tmp_path, ports[1], catalogues[1]))
+        nodes.enter_context(node_process(tmp_path, ports[1], catalogues[1], *pace[1]))
         deadline = time.monotonic() + 15
         back = None
         while time.monotonic() < deadline:

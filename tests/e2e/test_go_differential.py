@@ -136,8 +136,8 @@ def expected_cap(meaning: Meaning) -> int | None:
 def expected_num_ctx(meaning: Meaning) -> int | None:
     """``options.num_ctx`` as Ollama must read it: as the client meant it, capped at the
     model's context length (SPEC §4.12; no size is pinned in these tests)."""
-    if meaning.num_ctx is None:
-        return None
+    if meaning.num_ctx is None or meaning.endpoint.upstream == "/api/show":
+        return meaning.num_ctx  # /api/show loads nothing: no policy applies
     return min(meaning.num_ctx, model_from_name(meaning.model, 0).context_length)
 
 

@@ -48,10 +48,14 @@ def post(url: str, key: str, path: str, body: object) -> httpx.Response:
     )
 
 
+POLLED = frozenset({"/api/tags", "/api/ps"})
+
+
 def mock_requests(deployment: Deployment) -> dict[str, int]:
-    """What the backend received, but discovery's own polling of ``/api/tags``."""
+    """What the backend received, but the gateway's own polling of ``/api/tags`` and
+    ``/api/ps`` (discovery and residency)."""
     stats: dict[str, int] = httpx.get(deployment.mock.url + "/_mock/stats").json()["requests"]
-    return {path: count for path, count in stats.items() if path != "/api/tags"}
+    return {path: count for path, count in stats.items() if path not in POLLED}
 
 
 async def audit_rows(engine: AsyncEngine, key: str, expected: int) -> list[Any]:

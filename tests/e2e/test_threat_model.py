@@ -100,11 +100,12 @@ def mock_requests(mock_url: str) -> dict[str, int]:
 
 
 def forwarded(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
-    """Requests the backend received in between, discovery's polling aside."""
+    """Requests the backend received in between, the gateway's own polling aside
+    (discovery's ``/api/tags``, residency's ``/api/ps``)."""
     return {
         path: count - before.get(path, 0)
         for path, count in after.items()
-        if path != "/api/tags" and count != before.get(path, 0)
+        if path not in ("/api/tags", "/api/ps") and count != before.get(path, 0)
     }
 
 

@@ -190,11 +190,12 @@ async def test_in_flight_requests_are_shared_by_replicas(
         tasks = []
         for i, fleet in enumerate((first, second, first)):
             tasks.append(asyncio.create_task(send(fleet, "llama3.2:latest", f"r{i}")))
-            for _ in range(100):
-                if sum(len(node.served) for node in nodes.values()) == i + 1:
-                    break
+            deadline = asyncio.get_running_loop().time() + 10
+            while sum(len(node.served) for node in nodes.values()) < i + 1:
+                assert asyncio.get_running_loop().time() < deadline, "never reached a node"
                 await asyncio.sleep(0.02)
-            for replica in (first, second):  # what the background job does every 100 ms
+            # What the background job does every 100 ms: each publishes, then each reads.
+            for replica in (first, second, first, second):
                 await replica.inflight.sync()
         busy = [name for name, node in nodes.items() if node.served]
         assert sorted(busy) == ["a", "b", "c"]
