@@ -124,7 +124,9 @@ def _within_the_choices(body: object) -> None:
         body["prompt"] = prompts = prompts[:MAX_CHOICES]
     batch = len(prompts) if isinstance(prompts, list) and prompts else 1
     n = body.get("n")
-    if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 and batch * n > MAX_CHOICES:
+    # JSON Schema's integers include 25.0, and so does the gateway.
+    number = isinstance(n, int | float) and not isinstance(n, bool)
+    if number and 1 <= n <= 128 and n == int(n) and batch * n > MAX_CHOICES:
         body["n"] = MAX_CHOICES // batch
 
 
