@@ -10,7 +10,6 @@ SPEC §4.10 asks for at most 0.1 ms of CPU per request.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import tempfile
@@ -76,10 +75,10 @@ def decision_us(nodes: int, rounds: int = 20_000) -> float:
         backend.residents[model] = Resident(4096, None)
         fleet.backends[spec.name] = backend
 
-    async def decide() -> None:
+    def decide() -> None:
         for i in range(rounds):
             candidates = [b for b in fleet.usable() if b.has(model)]
-            loads = await fleet.inflight.read([b.name for b in candidates], model)
+            loads = fleet.inflight.read([b.name for b in candidates], model)
             views = [
                 b.view(model, None, n, loading)
                 for b, (n, loading) in zip(candidates, loads, strict=True)
@@ -87,11 +86,11 @@ def decision_us(nodes: int, rounds: int = 20_000) -> float:
             choice = route(views)
             assert choice is not None
             backend = fleet.backends[choice.node.name]
-            await fleet._hold(backend, str(i), model, choice.reason)
-            await fleet.release(backend, str(i))
+            fleet._hold(backend, str(i), model, choice.reason)
+            fleet.release(backend, str(i))
 
     started = time.process_time()
-    asyncio.run(decide())
+    decide()
     return (time.process_time() - started) / rounds * 1e6
 
 

@@ -138,7 +138,7 @@ def body(model: str) -> bytes:
 async def send(fleet: Fleet, model: str, rid: str, num_ctx: int | None = None) -> str:
     routed = await fleet.send(model, num_ctx, rid, "/api/chat", body(model))
     await routed.reply.read()
-    await routed.finish()
+    routed.finish()
     return routed.backend.name
 
 
@@ -171,7 +171,7 @@ async def test_a_warm_node_takes_every_sequential_request(
             "llama3.2:latest", 8192, "x", "/api/chat", body("llama3.2:latest")
         )
         assert routed.reason is not Reason.WARM
-        await routed.finish()
+        routed.finish()
     finally:
         await fleet.close()
 
@@ -231,7 +231,7 @@ async def test_a_node_that_cannot_be_reached_or_is_busy_is_retried_once_elsewher
             "llama3.2:latest", None, "x", "/api/chat", body("llama3.2:latest")
         )
         assert routed.reply.status == 503
-        await routed.finish()
+        routed.finish()
     finally:
         await fleet.close()
 
@@ -280,7 +280,7 @@ async def test_draining_stops_new_work_and_removing_closes_once_idle(
         routed = await running
         assert (await routed.reply.read()).startswith(b"{")  # the request it had finished
         assert not removed.idle.is_set()
-        await routed.finish()
+        routed.finish()
         await asyncio.wait_for(removed.idle.wait(), 1)
         await asyncio.sleep(0.05)
         assert removed.upstream._session is None  # closed once idle
@@ -328,20 +328,20 @@ async def test_a_replica_that_stops_sharing_stops_counting() -> None:
     now = [1_000_000]
     first, second = (RedisInFlight(client, name, clock=lambda: now[0]) for name in "ab")
     try:
-        await first.acquire("gpu-1", "r1", 30_000)
-        await first.acquire("gpu-1", "r2", 30_000)
-        await first.mark_loading("gpu-2", "llama3.2:latest", 60_000)
+        first.acquire("gpu-1", "r1", 30_000)
+        first.acquire("gpu-1", "r2", 30_000)
+        first.mark_loading("gpu-2", "llama3.2:latest", 60_000)
         await first.sync()
         await second.sync()
-        assert await second.read(["gpu-1", "gpu-2"], "llama3.2:latest") == [(2, False), (0, True)]
-        await first.release("gpu-1", "r1")
-        await first.release("gpu-1", "r1")  # twice: counted once
+        assert second.read(["gpu-1", "gpu-2"], "llama3.2:latest") == [(2, False), (0, True)]
+        first.release("gpu-1", "r1")
+        first.release("gpu-1", "r1")  # twice: counted once
         await first.sync()
         await second.sync()
-        assert await second.read(["gpu-1"], "qwen2.5:7b") == [(1, False)]
+        assert second.read(["gpu-1"], "qwen2.5:7b") == [(1, False)]
         now[0] += SHARE_TTL_MS + 1  # the first replica died: its share expires
         await second.sync()
-        assert await second.read(["gpu-1", "gpu-2"], "llama3.2:latest") == [(0, False), (0, False)]
+        assert second.read(["gpu-1", "gpu-2"], "llama3.2:latest") == [(0, False), (0, False)]
         assert await client.hlen(SHARED_KEY) == 0  # and is forgotten
     finally:
         await client.aclose()

@@ -324,7 +324,7 @@ async def serve_inference(
                 )
         finally:
             exchange.backend = calls.backend
-            await asyncio.shield(calls.finish())  # the node's slot, on every exit
+            calls.finish()  # the node's slot, on every exit
     if transcript is not None:
         _log_prompt(gateway, exchange, raw, transcript)
 

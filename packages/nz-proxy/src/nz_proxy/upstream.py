@@ -115,9 +115,10 @@ class Reply:
         self._upstream = upstream  # None: not guarded, failures are nobody's concern
         self._body = body
         self.status = response.status
-        # The answer's last bytes, where Ollama's final frame says how long the load
-        # took (routing learns from it: nz_proxy.fleet).
-        self.tail = b""
+        # The answer's last two chunks, where Ollama's final frame says how long the
+        # load took (routing learns from it: nz_proxy.fleet). Kept, not copied: every
+        # chunk of every stream passes here.
+        self._last: tuple[bytes, bytes] = (b"", b"")
 
     @property
     def content_type(self) -> str:
@@ -128,7 +129,7 @@ class Reply:
             return self._body
         try:
             body = await self._response.read()
-            self.tail = body[-TAIL_BYTES:]
+            self._last = (b"", body)
             return body
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._broken()
@@ -140,11 +141,17 @@ class Reply:
         """The body as it arrives. A failure mid-way raises :class:`StreamBroken`."""
         try:
             async for chunk in self._response.content.iter_any():
-                self.tail = (self.tail + chunk)[-TAIL_BYTES:]
+                self._last = (self._last[1], chunk)
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._broken()
             raise StreamBroken(type(exc).__name__) from None
+
+    @property
+    def tail(self) -> bytes:
+        """The last bytes read (up to ``TAIL_BYTES``)."""
+        previous, last = self._last
+        return (previous[-TAIL_BYTES:] + last[-TAIL_BYTES:])[-TAIL_BYTES:]
 
     def _broken(self) -> None:
         if self._upstream is not None:

@@ -13,9 +13,9 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 import msgspec
 import structlog
@@ -61,7 +61,7 @@ class Routed:
     started: float = field(default_factory=time.monotonic)
     _done: bool = False
 
-    async def finish(self) -> None:
+    def finish(self) -> None:
         """The request is over: free its slot, and learn how long a warm request holds
         one (a queued or cold one's time includes waiting), and how long a load took
         (the final frame's ``load_duration``)."""
@@ -74,7 +74,7 @@ class Routed:
         loaded_s = load_duration_s(self.reply.tail)
         if loaded_s is not None and loaded_s >= REAL_LOAD_S:
             estimate.load.observe(loaded_s)
-        await self.fleet.release(self.backend, self.rid)
+        self.fleet.release(self.backend, self.rid)
 
 
 def load_duration_s(tail: bytes) -> float | None:
@@ -105,9 +105,9 @@ class Calls:
         """The node of the first call (the audit row names one)."""
         return self.routed[0].backend.name if self.routed else None
 
-    async def finish(self) -> None:
+    def finish(self) -> None:
         for routed in self.routed:
-            await routed.finish()
+            routed.finish()
 
 
 class Fleet:
@@ -130,7 +130,7 @@ class Fleet:
         self.backends: dict[str, Backend] = {}
         self.decisions: dict[tuple[str, str], int] = {}  # (backend, reason) → count
         self._held: set[tuple[str, str]] = set()
-        self._closing: set[asyncio.Task[None]] = set()  # closings and marks in flight
+        self._closing: set[asyncio.Task[None]] = set()  # removed nodes closing once idle
         self._context: dict[str, tuple[int | None, float]] = {}  # model → (length, until)
 
     # -- configuration ---------------------------------------------------------------
@@ -305,7 +305,7 @@ class Fleet:
             candidates = [b for b in self.usable() if b.name not in tried and b.has(model)]
             if not candidates:
                 break
-            loads = await self.inflight.read([b.name for b in candidates], model)
+            loads = self.inflight.read([b.name for b in candidates], model)
             views = [
                 backend.view(model, num_ctx, in_flight, loading)
                 for backend, (in_flight, loading) in zip(candidates, loads, strict=True)
@@ -318,21 +318,21 @@ class Fleet:
             self._count(backend.name, choice.reason)
             log.debug("routed", model=model, backend=backend.name, reason=choice.reason.value)
             started = time.monotonic()
+            self._hold(backend, rid, model, choice.reason)
             try:
-                await self._hold(backend, rid, model, choice.reason)
                 reply = await backend.upstream.send("POST", path, body)
             except UpstreamUnavailable as exc:
-                await self.release(backend, rid)
+                self.release(backend, rid)
                 failure = exc
                 continue
             except BaseException:  # the client left: the slot is freed all the same
-                await asyncio.shield(self.release(backend, rid))
+                self.release(backend, rid)
                 raise
             if reply.status in RETRYABLE_STATUSES and attempt == 0 and self._others(model, tried):
-                await self.release(backend, rid)
+                self.release(backend, rid)
                 failure = UpstreamUnavailable()
                 continue
-            await self._answered(backend, model, num_ctx, choice.reason, time.monotonic() - started)
+            self._answered(backend, model, num_ctx, choice.reason, time.monotonic() - started)
             return Routed(self, backend, reply, model, rid, choice.reason, started)
         raise failure or UpstreamUnavailable(retry_after_ms=self._soonest_ms())
 
@@ -343,16 +343,16 @@ class Fleet:
         key = (backend, reason.value)
         self.decisions[key] = self.decisions.get(key, 0) + 1
 
-    async def _hold(self, backend: Backend, rid: str, model: str, reason: Reason) -> None:
+    def _hold(self, backend: Backend, rid: str, model: str, reason: Reason) -> None:
         backend.local_in_flight += 1
         backend.idle.clear()
         self._held.add((backend.name, rid))
-        await self.inflight.acquire(backend.name, rid, self.lease_ms)
+        self.inflight.acquire(backend.name, rid, self.lease_ms)
         if reason in (Reason.SPILL, Reason.COLD):
             backend.loads += 1
-            await self.inflight.mark_loading(backend.name, model, LOADING_MARK_MS)
+            self.inflight.mark_loading(backend.name, model, LOADING_MARK_MS)
 
-    async def _answered(
+    def _answered(
         self, backend: Backend, model: str, num_ctx: int | None, reason: Reason, ttfb: float
     ) -> None:
         """Headers arrived, which Ollama sends once the model is loaded."""
@@ -360,23 +360,16 @@ class Fleet:
             backend.estimate(model).ttfb.observe(ttfb)  # a queued wait is not the node's pace
         elif reason is not Reason.QUEUE:
             backend.now_resident(model, num_ctx)
-            # Not awaited: the answer is read at once (a body that arrived whole is lost
-            # to aiohttp if the connection drops while we wait on Redis).
-            self._background(self.inflight.loaded(backend.name, model))
+            self.inflight.loaded(backend.name, model)
 
-    def _background(self, work: Coroutine[Any, Any, None]) -> None:
-        task = asyncio.create_task(work)
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
-
-    async def release(self, backend: Backend, rid: str) -> None:
+    def release(self, backend: Backend, rid: str) -> None:
         if (backend.name, rid) not in self._held:
             return
         self._held.discard((backend.name, rid))
         backend.local_in_flight -= 1
         if not backend.local_in_flight:
             backend.idle.set()
-        await self.inflight.release(backend.name, rid)
+        self.inflight.release(backend.name, rid)
 
     # -- background work -------------------------------------------------------------
 
@@ -398,7 +391,7 @@ class Fleet:
 
     async def renew_step(self) -> float:
         """Extend the in-flight leases of long requests (a supervised step)."""
-        await self.inflight.renew(sorted(self._held), self.lease_ms)
+        self.inflight.renew(sorted(self._held), self.lease_ms)
         return self.lease_ms / 3000
 
     async def close(self) -> None:

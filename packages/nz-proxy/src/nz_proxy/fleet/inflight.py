@@ -35,21 +35,24 @@ def _ms() -> int:
 
 
 class InFlightStore(Protocol):
-    async def read(self, nodes: Sequence[str], model: str) -> list[Load]:
+    """In-process bookkeeping (a routing decision does no I/O); :meth:`sync` is the
+    background step that shares it, where there is anyone to share it with."""
+
+    def read(self, nodes: Sequence[str], model: str) -> list[Load]:
         """Per node (in order): requests in flight, and whether ``model`` is loading."""
         ...
 
-    async def acquire(self, node: str, rid: str, lease_ms: int) -> None: ...
+    def acquire(self, node: str, rid: str, lease_ms: int) -> None: ...
 
-    async def release(self, node: str, rid: str) -> None: ...
+    def release(self, node: str, rid: str) -> None: ...
 
-    async def renew(self, held: Sequence[tuple[str, str]], lease_ms: int) -> None:
+    def renew(self, held: Sequence[tuple[str, str]], lease_ms: int) -> None:
         """Extend the leases of (node, request id) pairs still running."""
         ...
 
-    async def mark_loading(self, node: str, model: str, ttl_ms: int) -> None: ...
+    def mark_loading(self, node: str, model: str, ttl_ms: int) -> None: ...
 
-    async def loaded(self, node: str, model: str) -> None: ...
+    def loaded(self, node: str, model: str) -> None: ...
 
     async def sync(self) -> float:
         """Share this replica's counts and read the others' (a supervised step);
@@ -65,7 +68,7 @@ class MemoryInFlight:
         self._leases: dict[str, dict[str, int]] = {}
         self._loading: dict[tuple[str, str], int] = {}
 
-    async def read(self, nodes: Sequence[str], model: str) -> list[Load]:
+    def read(self, nodes: Sequence[str], model: str) -> list[Load]:
         now = self.clock()
         found: list[Load] = []
         for node in nodes:
@@ -75,23 +78,23 @@ class MemoryInFlight:
             found.append((len(leases), self._loading.get((node, model), 0) > now))
         return found
 
-    async def acquire(self, node: str, rid: str, lease_ms: int) -> None:
+    def acquire(self, node: str, rid: str, lease_ms: int) -> None:
         self._leases.setdefault(node, {})[rid] = self.clock() + lease_ms
 
-    async def release(self, node: str, rid: str) -> None:
+    def release(self, node: str, rid: str) -> None:
         self._leases.get(node, {}).pop(rid, None)
 
-    async def renew(self, held: Sequence[tuple[str, str]], lease_ms: int) -> None:
+    def renew(self, held: Sequence[tuple[str, str]], lease_ms: int) -> None:
         until = self.clock() + lease_ms
         for node, rid in held:
             leases = self._leases.get(node)
             if leases is not None and rid in leases:
                 leases[rid] = until
 
-    async def mark_loading(self, node: str, model: str, ttl_ms: int) -> None:
+    def mark_loading(self, node: str, model: str, ttl_ms: int) -> None:
         self._loading[(node, model)] = self.clock() + ttl_ms
 
-    async def loaded(self, node: str, model: str) -> None:
+    def loaded(self, node: str, model: str) -> None:
         self._loading.pop((node, model), None)
 
     async def sync(self) -> float:
@@ -114,7 +117,7 @@ SYNC_S = 0.1
 SHARE_TTL_MS = 2_000
 
 
-class RedisInFlight:
+class RedisInFlight(MemoryInFlight):
     """Production: each replica counts its own requests per node, exactly and in the
     process, and every ``SYNC_S`` publishes the counts and reads the other replicas' in
     one round trip (a hash field per replica and node, stamped with when it expires).
@@ -128,40 +131,23 @@ class RedisInFlight:
     def __init__(
         self, redis: Redis, replica: str | None = None, clock: Callable[[], int] = _ms
     ) -> None:
+        super().__init__(clock)
         self.redis = redis
         self.replica = replica or uuid.uuid4().hex[:12]
-        self.clock = clock
-        self._mine = MemoryInFlight(clock)
         self._others: dict[str, int] = {}
         self._others_loading: set[tuple[str, str]] = set()
 
-    async def read(self, nodes: Sequence[str], model: str) -> list[Load]:
-        mine = await self._mine.read(nodes, model)
+    def read(self, nodes: Sequence[str], model: str) -> list[Load]:
         return [
             (count + self._others.get(node, 0), loading or (node, model) in self._others_loading)
-            for node, (count, loading) in zip(nodes, mine, strict=True)
+            for node, (count, loading) in zip(nodes, super().read(nodes, model), strict=True)
         ]
-
-    async def acquire(self, node: str, rid: str, lease_ms: int) -> None:
-        await self._mine.acquire(node, rid, lease_ms)
-
-    async def release(self, node: str, rid: str) -> None:
-        await self._mine.release(node, rid)
-
-    async def renew(self, held: Sequence[tuple[str, str]], lease_ms: int) -> None:
-        await self._mine.renew(held, lease_ms)
-
-    async def mark_loading(self, node: str, model: str, ttl_ms: int) -> None:
-        await self._mine.mark_loading(node, model, ttl_ms)
-
-    async def loaded(self, node: str, model: str) -> None:
-        await self._mine.loaded(node, model)
 
     async def sync(self) -> float:
         """Publish this replica's counts, read the others' (a supervised step)."""
         now = self.clock()
         until = now + SHARE_TTL_MS
-        counts, loading = self._mine.snapshot(now)
+        counts, loading = self.snapshot(now)
         mine = {f"{self.replica}|{node}": f"{count}|{until}" for node, count in counts.items()}
         marks = {f"{self.replica}|{node}|{model}": str(until) for node, model in loading}
         try:
