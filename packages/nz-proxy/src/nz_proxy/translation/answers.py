@@ -182,17 +182,43 @@ class NativeAnswer:
 
 
 class _SseAnswer:
+    """What the two OpenAI generating routes share: one stream per choice (merged when
+    there are several), and the whole answer built from every choice's native one.
+    Subclasses name their id prefix, their stream and their whole-response builder."""
+
     stream_media = MEDIA_SSE
     whole_media = MEDIA_JSON
+    _id_prefix: str
+    _stream_type: type[ChatStream] | type[CompletionStream]
+    _response: Callable[..., dict[str, Any]]
 
     def __init__(
-        self,
-        streams: Sequence[ChatStream | CompletionStream],
-        include_usage: bool,
-        respond: Callable[[list[dict[str, Any]]], dict[str, Any]],
+        self, model: str, include_usage: bool, *, choices: int = 1, logprobs: bool = False
     ) -> None:
+        self.model = model
+        self.id = new_completion_id(self._id_prefix)
+        self.created = int(time.time())
+        streams = [
+            self._stream_type(
+                model=model,
+                completion_id=self.id,
+                created=self.created,
+                include_usage=include_usage,
+                index=index,
+                logprobs=logprobs,
+                ends=choices == 1,
+            )
+            for index in range(choices)
+        ]
         self._choices = streams
-        self._respond = respond  # every choice's native answer → the client's body
+        # Every choice's native answer → the client's body.
+        self._respond = partial(
+            type(self)._response,
+            model=model,
+            completion_id=self.id,
+            created=self.created,
+            logprobs=logprobs,
+        )
         self._stream: ChatStream | CompletionStream | ChoicesStream = (
             streams[0] if len(streams) == 1 else ChoicesStream(streams, include_usage=include_usage)
         )
@@ -261,63 +287,17 @@ class ChatAnswer(_SseAnswer):
     """``/v1/chat/completions``: SSE chunks or one ``chat.completion``; ``choices``
     backend answers make as many choices."""
 
-    def __init__(
-        self, model: str, include_usage: bool, *, choices: int = 1, logprobs: bool = False
-    ) -> None:
-        self.model = model
-        self.id = new_completion_id("chatcmpl")
-        self.created = int(time.time())
-        streams = [
-            ChatStream(
-                model=model,
-                completion_id=self.id,
-                created=self.created,
-                include_usage=include_usage,
-                index=index,
-                logprobs=logprobs,
-                ends=choices == 1,
-            )
-            for index in range(choices)
-        ]
-        respond = partial(
-            chat_response,
-            model=model,
-            completion_id=self.id,
-            created=self.created,
-            logprobs=logprobs,
-        )
-        super().__init__(streams, include_usage, respond)
+    _id_prefix = "chatcmpl"
+    _stream_type = ChatStream
+    _response = staticmethod(chat_response)
 
 
 class CompletionAnswer(_SseAnswer):
     """``/v1/completions``: legacy text completions (``choices`` as for chat)."""
 
-    def __init__(
-        self, model: str, include_usage: bool, *, choices: int = 1, logprobs: bool = False
-    ) -> None:
-        self.model = model
-        self.id = new_completion_id("cmpl")
-        self.created = int(time.time())
-        streams = [
-            CompletionStream(
-                model=model,
-                completion_id=self.id,
-                created=self.created,
-                include_usage=include_usage,
-                index=index,
-                logprobs=logprobs,
-                ends=choices == 1,
-            )
-            for index in range(choices)
-        ]
-        respond = partial(
-            completion_response,
-            model=model,
-            completion_id=self.id,
-            created=self.created,
-            logprobs=logprobs,
-        )
-        super().__init__(streams, include_usage, respond)
+    _id_prefix = "cmpl"
+    _stream_type = CompletionStream
+    _response = staticmethod(completion_response)
 
 
 class EmbeddingsAnswer:
